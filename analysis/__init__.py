@@ -1,0 +1,1 @@
+"""Analyses of trained BioFlexNet runs: robustness, sparsity and energy, loss landscapes."""

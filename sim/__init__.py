@@ -1,0 +1,1 @@
+"""Brian2 simulation of exported BioFlexNet models (never imports torch)."""

@@ -1,0 +1,37 @@
+"""Shared fixtures: the CIFAR-10 directory and a tiny fake dataset in the standard layout."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """Directory holding the real ``cifar-10-batches-py`` (``make test`` and ``.ci/run`` prepare it)."""
+    root = Path(os.environ.get("BIOFLEXNET_DATA_DIR", "data"))
+    if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.fail(f"CIFAR-10 not found in {root}; run `make data` (or set BIOFLEXNET_DATA_DIR).")
+    return root
+
+
+def write_fake_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 30, seed: int = 0) -> Path:
+    """Write a tiny dataset in the official layout (pickled dicts, uint8 [N, 3072])."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else n_train_per_batch
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+@pytest.fixture
+def fake_cifar(tmp_path: Path) -> Path:
+    return write_fake_cifar(tmp_path / "data")

@@ -1,0 +1,145 @@
+"""``bioflexnet`` command line.
+
+Subcommands of this package: ``train``, ``evaluate``, ``reproduce``. The
+``sim`` and ``analysis`` packages add theirs through a ``register(subparsers)``
+function in their ``cli`` module (listed in :data:`EXTENSIONS`).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from training.config import PROFILES, Arch, ConfigError, Mode, make_config
+
+EXTENSIONS = ("sim.cli", "analysis.cli")
+EXIT_USER_ERROR = 2
+
+
+class CLIError(RuntimeError):
+    """A user error the CLI reports in one line, without a traceback."""
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model into a run directory",
+                       description="Train one variant. With --resume, continue the run in --out "
+                                   "(its config.json is used; options given must agree with it).")
+    p.add_argument("--model", choices=[a.value for a in Arch], default=None, help="backbone (default: the profile's)")
+    p.add_argument("--mode", choices=[m.value for m in Mode], default=None, help="ann | hybrid | stbp (default stbp)")
+    p.add_argument("--flex", action=argparse.BooleanOptionalAction, default=None,
+                   help="PlasticFlex layers (--no-flex: the VGG baseline; default --flex)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None, help="preset (default quick)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. model.time_steps=4 or train.epochs=3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--data-dir", type=Path, default=None, help="directory holding cifar-10-batches-py/ "
+                   "(default $BIOFLEXNET_DATA_DIR or ./data)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.runs import run_config
+    from training.trainer import train_run
+
+    if args.resume:
+        saved = run_config(args.out)
+        cfg = make_config(args.profile or saved.profile, arch=args.model or saved.model.arch.value,
+                          mode=args.mode or saved.model.mode.value,
+                          flex=saved.model.flex if args.flex is None else args.flex,
+                          seed=saved.seed if args.seed is None else args.seed, overrides=args.overrides)
+        if not args.overrides and args.profile is None:
+            cfg = saved  # nothing asked to change: continue exactly the saved run
+    else:
+        cfg = make_config(args.profile or "quick", arch=args.model, mode=args.mode,
+                          flex=True if args.flex is None else args.flex,
+                          seed=0 if args.seed is None else args.seed, overrides=args.overrides)
+    train_run(cfg, args.out, data_dir=args.data_dir, device=_device(args.device), resume=args.resume)
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="test accuracy of a trained run (full test split)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.evaluation import evaluate_run
+
+    ds = evaluate_run(args.run_dir, data_dir=args.data_dir, device=_device(args.device), batch_size=args.batch_size)
+    print(f"{args.run_dir}: test accuracy {float(ds.test_accuracy):.4f}, test loss {float(ds.test_loss):.4f} "
+          f"on {int(ds.attrs['n_images'])} images (written to {args.run_dir / 'evaluation.nc'})")
+
+
+def add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="train every paper variant of a profile, then run the analyses",
+                       description="Train the six variants {vgg, flex} x {ann, hybrid, stbp} (in parallel "
+                                   "processes), evaluate them, and run every analysis stage that is installed.")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--jobs", type=int, default=None, help="parallel training processes (default: CPU cores, at most 6)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from training.reproduce import reproduce
+
+    reproduce(args.profile, args.out or Path("runs") / args.profile, seeds=args.seeds, jobs=args.jobs,
+              data_dir=args.data_dir, device=_device(args.device), overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bioflexnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(sub)
+    add_evaluate(sub)
+    add_reproduce(sub)
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.data import DataError
+    from training.runs import RunDirError
+    from training.trainer import TrainingDiverged
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, RunDirError, TrainingDiverged, CLIError) as exc:
+        print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"bioflexnet {args.command}: interrupted; finished files are intact "
+              "(continue a training run with --resume).", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Run configuration: one frozen, validated dataclass tree per run.
+
+A run is fully described by a :class:`RunConfig`. Profiles (``smoke``,
+``quick``, ``paper``) are presets; ``--set key=value`` overrides single
+fields by their dotted path (``model.time_steps=4``, ``train.epochs=3``).
+The config is written as JSON beside every checkpoint and validated again
+when it is read back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+CONFIG_FORMAT = 1
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class Arch(str, enum.Enum):
+    VGG5 = "vgg5"
+    VGG7 = "vgg7"  # a shallow VGG for fast CPU runs (quick profile)
+    VGG11 = "vgg11"
+    VGG16 = "vgg16"
+
+
+class Mode(str, enum.Enum):
+    """Training mode (DESIGN.md §1)."""
+
+    ANN = "ann"  # ReLU, one step, ordinary backprop
+    HYBRID = "hybrid"  # LIF over T steps, no gradient through time, rate derivative
+    STBP = "stbp"  # LIF over T steps, full BPTT with a surrogate derivative
+
+
+class Encoding(str, enum.Enum):
+    DIRECT = "direct"  # normalised image as a constant current at every step
+    POISSON = "poisson"  # Bernoulli spikes with the pixel intensity as probability
+
+
+class Reset(str, enum.Enum):
+    SUBTRACT = "subtract"  # v <- v - theta after a spike (keeps the residual)
+    ZERO = "zero"  # v <- 0 after a spike
+
+
+class Surrogate(str, enum.Enum):
+    ATAN = "atan"
+    SIGMOID = "sigmoid"
+    RECTANGLE = "rectangle"
+
+
+class MaskSigma(str, enum.Enum):
+    HARD = "hard"  # clip(z/6 + 1/2, 0, 1)
+    LOGISTIC = "logistic"  # 1 / (1 + exp(-z))
+
+
+class MaskLogits(str, enum.Enum):
+    THRESHOLD = "threshold"  # BN(Pool(x) - threshold), the original authors' mechanism
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and neuron model.
+
+    ``time_steps`` is T for the spiking modes; ``ann`` always runs one step
+    (see :attr:`steps`).
+    """
+
+    arch: Arch = Arch.VGG11
+    flex: bool = True
+    width: float = 1.0
+    mode: Mode = Mode.STBP
+    time_steps: int = 10
+    encoding: Encoding = Encoding.DIRECT
+    beta: float = 0.5
+    theta: float = 1.0
+    reset: Reset = Reset.SUBTRACT
+    surrogate: Surrogate = Surrogate.ATAN
+    surrogate_alpha: float = 2.0
+    hybrid_surrogate: Surrogate = Surrogate.RECTANGLE
+    mask_sigma: MaskSigma = MaskSigma.HARD
+    mask_logits: MaskLogits = MaskLogits.THRESHOLD
+    mask_init: float = 0.0
+    plasticity_rate: float = 1e-3
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.width > 0, "model.width", self.width, "must be > 0 (1.0 = the paper's channel counts)")
+        _check(self.time_steps >= 1, "model.time_steps", self.time_steps, "must be >= 1")
+        _check(0.0 <= self.beta <= 1.0, "model.beta", self.beta, "is the membrane decay per step and must lie in [0, 1]")
+        _check(self.theta > 0, "model.theta", self.theta, "is the firing threshold and must be > 0")
+        _check(self.surrogate_alpha > 0, "model.surrogate_alpha", self.surrogate_alpha, "must be > 0")
+        _check(self.plasticity_rate >= 0, "model.plasticity_rate", self.plasticity_rate, "is lambda and must be >= 0 (0 disables plasticity)")
+        _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "must be >= 2")
+
+    @property
+    def steps(self) -> int:
+        """Number of simulated steps: 1 in ``ann`` mode, else ``time_steps``."""
+        return 1 if self.mode is Mode.ANN else self.time_steps
+
+    @property
+    def spiking(self) -> bool:
+        return self.mode is not Mode.ANN
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``train_subset`` = 0 uses the whole training split."""
+
+    epochs: int = 120
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 1.0
+    train_subset: int = 0
+    eval_batch_size: int = 500
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "must be >= 1")
+        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "must lie in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
+        _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs, f"must lie in [0, epochs={self.epochs}]")
+        _check(self.train_subset >= 0, "train.train_subset", self.train_subset, "must be >= 0 (0 = whole training split)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    profile: str = "paper"
+    seed: int = 0
+    format: int = CONFIG_FORMAT
+
+    def __post_init__(self) -> None:
+        _check(self.profile in PROFILES, "profile", self.profile, f"is not a profile; choose one of {sorted(PROFILES)}")
+        _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+
+    @property
+    def variant(self) -> str:
+        """Short name such as ``flex-stbp`` or ``vgg-ann``."""
+        return f"{'flex' if self.model.flex else 'vgg'}-{self.model.mode.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _enum_value(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"cannot serialise {obj!r}")
+
+
+def _check(ok: bool, name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} {why}.")
+
+
+# --- profiles ---------------------------------------------------------------
+
+def _profile_smoke() -> RunConfig:
+    """Seconds per model: for tests."""
+    return RunConfig(
+        model=ModelConfig(arch=Arch.VGG5, width=0.125, time_steps=2),
+        train=TrainConfig(epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.2, train_subset=4096, eval_batch_size=250),
+        profile="smoke",
+    )
+
+
+def _profile_quick() -> RunConfig:
+    """The CPU demo: every variant in a couple of minutes on 2 cores, well above chance.
+
+    A shallow VGG (5 weight layers) because the deep narrow spiking nets learn too
+    slowly for a CPU budget; the paper profile uses VGG16.
+    """
+    return RunConfig(
+        model=ModelConfig(arch=Arch.VGG5, width=0.25, time_steps=2),
+        train=TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.3, train_subset=25600, eval_batch_size=250),
+        profile="quick",
+    )
+
+
+def _profile_paper() -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(arch=Arch.VGG16, width=1.0, time_steps=10),
+        train=TrainConfig(epochs=120, batch_size=128, lr=0.1, warmup_epochs=1.0),
+        profile="paper",
+    )
+
+
+PROFILES: dict[str, typing.Callable[[], RunConfig]] = {
+    "smoke": _profile_smoke,
+    "quick": _profile_quick,
+    "paper": _profile_paper,
+}
+
+
+def make_config(
+    profile: str,
+    *,
+    arch: str | None = None,
+    mode: str | None = None,
+    flex: bool | None = None,
+    seed: int = 0,
+    overrides: typing.Sequence[str] = (),
+) -> RunConfig:
+    """Build a run config from a profile, the common CLI choices and ``key=value`` overrides."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile={profile!r} is not a profile; choose one of {sorted(PROFILES)}.")
+    base = PROFILES[profile]()
+    data = base.to_dict()
+    if arch is not None:
+        data["model"]["arch"] = arch
+    if mode is not None:
+        data["model"]["mode"] = mode
+    if flex is not None:
+        data["model"]["flex"] = flex
+    data["seed"] = seed
+    for item in overrides:
+        key, value = _split_override(item)
+        _assign(data, key, value)
+    return config_from_dict(data)
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not of the form key=value (e.g. model.time_steps=4).")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _assign(data: dict[str, Any], key: str, raw: str) -> None:
+    parts = key.split(".")
+    if len(parts) == 1:  # bare field name: accept it when exactly one section has it
+        owners = [s for s in ("model", "train") if parts[0] in data[s]]
+        if parts[0] in data:
+            owners = []
+        elif len(owners) == 1:
+            parts = [owners[0], parts[0]]
+    node: Any = data
+    for p in parts[:-1]:
+        if not isinstance(node, dict) or p not in node:
+            raise ConfigError(f"--set {key}: unknown section {p!r}; valid keys are {sorted(_valid_keys(data))}.")
+        node = node[p]
+    if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
+        raise ConfigError(f"--set {key}: unknown key; valid keys are {sorted(_valid_keys(data))}.")
+    node[parts[-1]] = _parse_scalar(raw)
+
+
+def _valid_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in data.items():
+        if k == "format":
+            continue
+        if isinstance(v, dict):
+            keys += _valid_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(prefix + k)
+    return keys
+
+
+def _parse_scalar(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Validate a JSON-like dict (e.g. a loaded ``config.json``) into a :class:`RunConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config must be a JSON object, got {type(data).__name__}.")
+    fmt = data.get("format", CONFIG_FORMAT)
+    if fmt != CONFIG_FORMAT:
+        raise ConfigError(
+            f"config format {fmt!r} is not supported by this version (expects {CONFIG_FORMAT}); "
+            "train the run again with this version or install the version that wrote it."
+        )
+    model = _build(ModelConfig, data.get("model", {}), "model")
+    train = _build(TrainConfig, data.get("train", {}), "train")
+    extra = set(data) - {"model", "train", "profile", "seed", "format"}
+    if extra:
+        raise ConfigError(f"unknown config keys {sorted(extra)}; valid top-level keys are model, train, profile, seed.")
+    return RunConfig(model=model, train=train, profile=data.get("profile", "paper"), seed=_coerce(int, data.get("seed", 0), "seed"))
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a JSON object, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown {section} keys {sorted(unknown)}; valid keys are {sorted(known)}.")
+    kwargs = {name: _coerce(hints[name], value, f"{section}.{name}") for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not valid; choose one of {[m.value for m in tp]}.") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be true or false.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{name}={value!r} must be an integer.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r} must be a number.")
+        return float(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
+    """Return a copy of a (sub)config with fields replaced, validated again."""
+    return replace(config, **changes)

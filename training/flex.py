@@ -1,0 +1,116 @@
+"""PlasticFlexLayer: a convolution and a max-pool mixed by a plastic mask.
+
+See :mod:`training.equations` for the equations. Multi-step layout: inputs
+are ``[T', B, C, H, W]`` where ``T'`` is the number of steps or 1 (an input
+that is constant over time); the stateless convolution and pooling run once
+on the flattened ``[T'·B, ...]`` tensor, and the mask's time bias ``eta(t)``
+broadcasts the result to all ``steps``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training import equations
+from training.config import MaskSigma
+
+
+class FlexOutput(NamedTuple):
+    current: torch.Tensor  # u, [T, B, C_out, H', W']
+    mask: torch.Tensor  # m, [T, B, C_out, H', W'] (conv share)
+    r_sel: torch.Tensor | None  # [C_out], mean rectified conv-path output; training mode only
+    r_inv: torch.Tensor | None  # [C_out], mean rectified pool-path output; training mode only
+
+
+def flat_time(fn, x: torch.Tensor) -> torch.Tensor:
+    """Apply a stateless per-sample module to ``[T, B, ...]`` as one ``[T·B, ...]`` batch."""
+    y = fn(x.flatten(0, 1))
+    return y.unflatten(0, x.shape[:2])
+
+
+class PlasticFlexLayer(nn.Module):
+    """One PlasticFlex stage, ``C_in -> C_out``.
+
+    Parameters
+    ----------
+    c_in, c_out
+        Channels.
+    kernel, stride, padding
+        Shared by the conv and the max-pool path, so both have the same output size.
+    out_size
+        Spatial size ``(H', W')`` of the output (the threshold tensor is per
+        channel and position).
+    steps
+        Number of time steps (length of ``eta``).
+    sigma
+        Mask nonlinearity.
+    """
+
+    kind = "flex"
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
+                 out_size: tuple[int, int], steps: int, sigma: MaskSigma = MaskSigma.HARD,
+                 mask_init: float = 0.0):
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.sigma = MaskSigma(sigma)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        # The mask gives the conv path only a share m0 = sigma(mask_init) of the current at
+        # initialisation (1/2 by default). Scaling the conv path's BN by 1/m0 keeps the neuron's
+        # input at the unit scale of the plain VGG; without it the deep spiking nets fire too
+        # sparsely to learn (flex-stbp on vgg11: 18 % vs 29 % test accuracy after 200 steps).
+        share = float(F.hardsigmoid(torch.tensor(mask_init)) if sigma is MaskSigma.HARD
+                      else torch.sigmoid(torch.tensor(mask_init)))
+        nn.init.constant_(self.bn.weight, 1.0 / max(share, 1e-3))
+        self.register_buffer("channel_map", torch.tensor(equations.channel_map_matrix(c_in, c_out), dtype=torch.float32))
+        self.threshold = nn.Parameter(torch.zeros(c_out, *out_size))
+        self.logit_bn = nn.BatchNorm2d(c_out)
+        self.eta = nn.Parameter(torch.full((steps, c_out), float(mask_init)))
+        # Plastic bias b: moved by the Hebbian rule, never by gradients.
+        self.register_buffer("plastic_bias", torch.zeros(c_out))
+
+    def conv_path(self, x: torch.Tensor) -> torch.Tensor:
+        """Selectivity pathway ``BN(Conv(x))`` on ``[N, C_in, H, W]``."""
+        return self.bn(self.conv(x))
+
+    def pool_path(self, x: torch.Tensor) -> torch.Tensor:
+        """Invariance pathway ``P @ maxpool(x)`` on ``[N, C_in, H, W]``."""
+        pooled = F.max_pool2d(x, self.kernel, self.stride, self.padding)
+        if self.channel_map.shape[0] == self.channel_map.shape[1]:
+            return pooled  # C_in == C_out: the map is the identity
+        return F.conv2d(pooled, self.channel_map[:, :, None, None])
+
+    def logits(self, pool: torch.Tensor) -> torch.Tensor:
+        """Threshold mechanism ``BN(Pool(x) - threshold)``."""
+        return self.logit_bn(pool - self.threshold)
+
+    def mask_fn(self, z: torch.Tensor) -> torch.Tensor:
+        # F.hardsigmoid is equations.hard_sigmoid in one fused kernel (tested equal).
+        return F.hardsigmoid(z) if self.sigma is MaskSigma.HARD else torch.sigmoid(z)
+
+    def forward(self, x: torch.Tensor, steps: int) -> FlexOutput:
+        if x.shape[0] not in (1, steps):
+            raise ValueError(f"input has {x.shape[0]} time steps; expected 1 or {steps}.")
+        if steps > self.eta.shape[0]:
+            raise ValueError(f"layer was built for {self.eta.shape[0]} time steps, asked for {steps}.")
+        conv = flat_time(self.conv_path, x)
+        pool = flat_time(self.pool_path, x)
+        logits = flat_time(self.logits, pool)
+        time_bias = (self.eta[:steps] + self.plastic_bias)[:, None, :, None, None]  # [T, 1, C, 1, 1]
+        mask = self.mask_fn(logits + time_bias)  # broadcasts a constant input to T steps
+        current = torch.addcmul(pool, mask, conv - pool)  # m*conv + (1-m)*pool
+        r_sel = r_inv = None
+        if self.training:  # pathway drive for the plasticity rule
+            with torch.no_grad():
+                r_sel = conv.relu().mean(dim=(0, 1, 3, 4))
+                r_inv = pool.relu().mean(dim=(0, 1, 3, 4))
+        return FlexOutput(current, mask, r_sel, r_inv)
+
+    @torch.no_grad()
+    def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, rate: float) -> None:
+        """Hebbian update of the plastic bias, ``b += rate (r_sel - r_inv)``."""
+        self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, rate)

@@ -1,0 +1,178 @@
+"""VGG backbones for CIFAR-10 in ``ann`` / ``hybrid`` / ``stbp`` mode, with or without PlasticFlex.
+
+Architecture (VGG-11/16, CIFAR variant): the feature stack is a list of
+stages; each conv stage is a 3x3 convolution (stride 1, padding 1) and each
+``M`` stage a 2x2 stride-2 down-sampling. With ``flex=False`` the stages are
+``conv -> BN -> activation`` and a plain 2x2 max-pool (the VGG baseline).
+With ``flex=True`` *every* stage is a :class:`PlasticFlexLayer` followed by
+the activation: 3x3 stages mix a 3x3 conv with a 3x3 stride-1 max-pool,
+``M`` stages mix a 2x2 stride-2 conv (C -> C) with a 2x2 max-pool. A linear
+read-out maps the last feature map (1x1 for 32x32 inputs) to class scores;
+the output is its mean over the T steps.
+
+The activation is ReLU in ``ann`` mode and LIF spikes otherwise
+(:mod:`training.neurons`). Input normalisation by the CIFAR-10 channel
+statistics happens inside the model, so the model takes pixels in [0, 1].
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from training.config import Encoding, Mode, ModelConfig
+from training.flex import PlasticFlexLayer, flat_time
+from training.neurons import LIFParams, lif_multistep
+from training.surrogate import make_surrogate
+
+VGG_STAGES: dict[str, list[int | str]] = {
+    "vgg5": [64, "M", 128, "M", 256, "M"],
+    "vgg7": [64, 64, "M", 128, 128, "M", 256, 256, "M"],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SIZE = 32
+
+
+class LayerTrace(NamedTuple):
+    """What one neuron layer did during a forward pass.
+
+    ``output`` is the activation ``[T, B, C, H, W]`` (spikes, or ReLU output in
+    ``ann`` mode). ``mask``, ``r_sel`` and ``r_inv`` are ``None`` for non-flex layers.
+    """
+
+    name: str
+    output: torch.Tensor
+    mask: torch.Tensor | None
+    r_sel: torch.Tensor | None
+    r_inv: torch.Tensor | None
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # [B, classes], mean over time of the read-out
+    layers: tuple[LayerTrace, ...]
+
+
+class ConvStage(nn.Module):
+    """Baseline stage: 3x3 convolution + batch-norm."""
+
+    kind = "conv"
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return flat_time(lambda z: self.bn(self.conv(z)), x)
+
+
+class Activation(nn.Module):
+    """ReLU (``ann``) or LIF spikes (``hybrid`` / ``stbp``) over time."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.mode = cfg.mode
+        self.params = LIFParams(cfg.beta, cfg.theta, cfg.reset)
+        if cfg.mode is Mode.HYBRID:
+            # straight-through rate derivative: slope 1/theta over one threshold width
+            self.spike_fn = make_surrogate(cfg.hybrid_surrogate, 1.0 / cfg.theta)
+        else:
+            self.spike_fn = make_surrogate(cfg.surrogate, cfg.surrogate_alpha)
+
+    def forward(self, current: torch.Tensor, steps: int) -> torch.Tensor:
+        if self.mode is Mode.ANN:
+            return current.relu()
+        spikes, _ = lif_multistep(current, steps, self.params, self.spike_fn, detach_state=self.mode is Mode.HYBRID)
+        return spikes
+
+
+class SpikingVGG(nn.Module):
+    """VGG-11/16 for CIFAR-10, spiking or not, with or without PlasticFlex stages."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+        self.stages = nn.ModuleList()
+        self.activations = nn.ModuleDict()
+        self.names: list[str] = []
+        c, size, n_conv, n_down = 3, IMAGE_SIZE, 0, 0
+        for item in VGG_STAGES[cfg.arch.value]:
+            if item == "M":
+                n_down += 1
+                name = f"down{n_down}"
+                size //= 2
+                stage = (PlasticFlexLayer(c, c, 2, 2, 0, (size, size), cfg.steps, cfg.mask_sigma, cfg.mask_init)
+                         if cfg.flex else nn.MaxPool2d(2, 2))
+            else:
+                n_conv += 1
+                name = f"conv{n_conv}"
+                c_out = max(1, round(int(item) * cfg.width))
+                stage = (PlasticFlexLayer(c, c_out, 3, 1, 1, (size, size), cfg.steps, cfg.mask_sigma, cfg.mask_init)
+                         if cfg.flex else ConvStage(c, c_out))
+                c = c_out
+            self.stages.append(stage)
+            self.names.append(name)
+            if cfg.flex or item != "M":
+                self.activations[name] = Activation(cfg)
+        self.classifier = nn.Linear(c * size * size, cfg.num_classes)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, 3, H, W]`` in [0, 1] -> input ``[T', B, 3, H, W]``.
+
+        Direct encoding gives the normalised image once (``T' = 1``: a constant
+        current); Poisson encoding gives ``T`` Bernoulli spike frames with the
+        pixel value as probability, differentiable by straight-through.
+        """
+        if self.cfg.encoding is Encoding.POISSON and self.cfg.spiking:
+            rates = images.unsqueeze(0).expand(self.cfg.steps, *images.shape)
+            spikes = (torch.rand_like(rates) < rates).to(images.dtype)
+            return rates + (spikes - rates).detach()
+        return ((images - self.mean) / self.std).unsqueeze(0)
+
+    def run(self, images: torch.Tensor) -> ModelOutput:
+        """Forward pass that also returns every neuron layer's trace."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}.")
+        steps = self.cfg.steps
+        x = self.encode(images)
+        traces = []
+        for name, stage in zip(self.names, self.stages):
+            if isinstance(stage, PlasticFlexLayer):
+                out = stage(x, steps)
+                x = self.activations[name](out.current, steps)
+                traces.append(LayerTrace(name, x, out.mask, out.r_sel, out.r_inv))
+            elif isinstance(stage, ConvStage):
+                x = self.activations[name](stage(x), steps)
+                traces.append(LayerTrace(name, x, None, None, None))
+            else:  # baseline max-pool of the previous layer's output (OR of spikes)
+                x = flat_time(stage, x)
+        scores = self.classifier(x.flatten(2))  # [T, B, classes]
+        return ModelOutput(scores.mean(0), tuple(traces))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images).logits
+
+    def names_with_neurons(self) -> list[str]:
+        """Names of the neuron layers, in order (the ``layer`` coordinate of results)."""
+        return list(self.activations.keys())
+
+    def flex_layers(self) -> dict[str, PlasticFlexLayer]:
+        return {n: s for n, s in zip(self.names, self.stages) if isinstance(s, PlasticFlexLayer)}
+
+    @torch.no_grad()
+    def apply_plasticity(self, traces: tuple[LayerTrace, ...]) -> None:
+        """Hebbian step of every flex layer's mask bias from one forward pass."""
+        layers = self.flex_layers()
+        for tr in traces:
+            if tr.name in layers and tr.r_sel is not None:
+                layers[tr.name].apply_plasticity(tr.r_sel, tr.r_inv, self.cfg.plasticity_rate)
+
+
+def build_model(cfg: ModelConfig) -> SpikingVGG:
+    return SpikingVGG(cfg)

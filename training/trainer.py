@@ -1,0 +1,232 @@
+"""The training loop: SGD with a triangular learning rate, full validation every epoch.
+
+Reproducibility: the model is initialised from ``seed``; the shuffling,
+augmentation and any Poisson draws of epoch ``e`` come from generators seeded
+with ``(seed, e)``, so a run resumed after epoch ``e`` continues exactly as
+an uninterrupted one would. A checkpoint is written (atomically) after every
+epoch; a non-finite loss stops training with the last good checkpoint intact.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from tqdm.auto import tqdm
+
+from training import data as cifar
+from training.config import ConfigError, RunConfig
+from training.models import ModelOutput, SpikingVGG, build_model
+from training.results import provenance, write_dataset, write_json
+from training.runs import (CHECKPOINT, METRICS, PROVENANCE, RunDirError, load_checkpoint, run_config,
+                           save_checkpoint, write_config)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class EvalResult(NamedTuple):
+    loss: float
+    accuracy: float
+    firing_rate: dict[str, float]  # per neuron layer: mean spikes per neuron and step (ann: fraction > 0)
+    conv_ratio: dict[str, float]  # per flex layer: mean mask m (share of the conv path)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Triangular schedule: linear warm-up to ``peak``, then linear decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def layer_stats(out: ModelOutput) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-layer sums (not means) of activity and mask share, for accumulating over batches."""
+    rates = {t.name: (t.output > 0).float().mean().item() for t in out.layers}
+    ratios = {t.name: t.mask.mean().item() for t in out.layers if t.mask is not None}
+    return rates, ratios
+
+
+@torch.no_grad()
+def evaluate(model: SpikingVGG, split: cifar.Split, batch_size: int) -> EvalResult:
+    """Loss, accuracy and layer statistics over the *whole* split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    rate_sum: dict[str, float] = {}
+    ratio_sum: dict[str, float] = {}
+    for x, y in cifar.batches(split, batch_size):
+        out = model.run(x)
+        loss_sum += F.cross_entropy(out.logits, y, reduction="sum").item()
+        correct += (out.logits.argmax(1) == y).sum().item()
+        rates, ratios = layer_stats(out)
+        for k, v in rates.items():
+            rate_sum[k] = rate_sum.get(k, 0.0) + v * len(y)
+        for k, v in ratios.items():
+            ratio_sum[k] = ratio_sum.get(k, 0.0) + v * len(y)
+        n += len(y)
+    model.train(was_training)
+    return EvalResult(loss_sum / n, correct / n, {k: v / n for k, v in rate_sum.items()},
+                      {k: v / n for k, v in ratio_sum.items()})
+
+
+@dataclass
+class Trainer:
+    """Train one run described by ``cfg`` into ``run_dir``."""
+
+    cfg: RunConfig
+    run_dir: Path
+    data_dir: Path | None = None
+    device: str = "cpu"
+    progress: bool | None = None  # None: a bar only when attached to a terminal
+
+    def run(self, resume: bool = False) -> xr.Dataset:
+        cfg, tc, run_dir = self.cfg, self.cfg.train, Path(self.run_dir)
+        train_split = cifar.subset(cifar.load_split("train", self.data_dir, self.device), tc.train_subset, cfg.seed)
+        test_split = cifar.load_split("test", self.data_dir, self.device)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model).to(self.device)
+        opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
+                              weight_decay=tc.weight_decay)
+        steps_per_epoch = len(train_split) // tc.batch_size
+        if steps_per_epoch == 0:
+            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(train_split)} training "
+                             "examples; lower the batch size or raise train.train_subset.")
+        total_steps, warmup = steps_per_epoch * tc.epochs, round(steps_per_epoch * tc.warmup_epochs)
+        history: list[dict[str, Any]] = []
+        start_epoch = 0
+        if resume:
+            start_epoch, history = self._restore(model, opt)
+        else:
+            self._start(run_dir)
+        prov = provenance(cfg.to_dict(), cfg.seed)
+        for epoch in range(start_epoch, tc.epochs):
+            gen = torch.Generator(self.device).manual_seed(epoch_seed(cfg.seed, epoch))
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))  # Poisson encoding draws
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            bar = tqdm(cifar.batches(train_split, tc.batch_size, generator=gen, train=True, augmented=tc.augment), total=steps_per_epoch,
+                       desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress),
+                       leave=False)
+            for i, (x, y) in enumerate(bar):
+                step = epoch * steps_per_epoch + i
+                lr = lr_at(step, total_steps, warmup, tc.lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                out = model.run(x)
+                loss = F.cross_entropy(out.logits, y, label_smoothing=tc.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1} (global step {step}); "
+                        f"training stopped. The last good checkpoint (after epoch {epoch}) in {run_dir} is intact; "
+                        "lower train.lr or change the neuron parameters and start a new run.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                model.apply_plasticity(out.layers)
+                loss_sum += loss.item() * len(y)
+                correct += (out.logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            train_time = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            val = evaluate(model, test_split, tc.eval_batch_size)
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                            "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": lr,
+                            "train_time": train_time, "eval_time": time.perf_counter() - t1,
+                            "firing_rate": val.firing_rate, "conv_ratio": val.conv_ratio})
+            save_checkpoint(run_dir, {"config": cfg.to_dict(), "model": model.state_dict(),
+                                      "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
+                                      "provenance": prov})
+            metrics = metrics_dataset(history, model.names_with_neurons(), cfg, prov)
+            write_dataset(metrics, run_dir / METRICS)
+            print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: train loss {loss_sum / seen:.4f} "
+                  f"acc {correct / seen:.4f} | test loss {val.loss:.4f} acc {val.accuracy:.4f} "
+                  f"| {train_time:.1f}s train", flush=True)
+        return metrics_dataset(history, model.names_with_neurons(), cfg, prov)
+
+    def _start(self, run_dir: Path) -> None:
+        if (run_dir / CHECKPOINT).exists():
+            raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, self.cfg)
+        write_json(provenance(self.cfg.to_dict(), self.cfg.seed), run_dir / PROVENANCE)
+
+    def _restore(self, model: SpikingVGG, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+        state = load_checkpoint(self.run_dir, map_location=self.device)
+        saved = run_config(state)
+        if saved != self.cfg:
+            raise RunDirError(f"{self.run_dir} was trained with a different config "
+                              f"({_config_diff(saved, self.cfg)}); resume with the same options, or start a new run.")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if state["epoch"] >= self.cfg.train.epochs:
+            print(f"{self.run_dir}: all {self.cfg.train.epochs} epochs are done; nothing to resume.", flush=True)
+        return state["epoch"], list(state["history"])
+
+
+def _bar_disabled(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+def _config_diff(a: RunConfig, b: RunConfig) -> str:
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return ", ".join(f"{k}: {fa.get(k)!r} in the run vs {fb.get(k)!r} now" for k in sorted(fa) if fa.get(k) != fb.get(k))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def metrics_dataset(history: list[dict[str, Any]], layers: list[str], cfg: RunConfig,
+                    prov: dict[str, str]) -> xr.Dataset:
+    """Per-epoch metrics as an xarray Dataset with dims ``epoch`` and ``layer``."""
+    epochs = [h["epoch"] for h in history]
+
+    def per_layer(key: str) -> np.ndarray:
+        return np.array([[h[key].get(name, math.nan) for name in layers] for h in history], dtype=float)
+
+    def scalar(key: str, long_name: str, units: str) -> xr.DataArray:
+        return xr.DataArray([h[key] for h in history], dims="epoch", attrs={"long_name": long_name, "units": units})
+
+    ds = xr.Dataset(
+        {
+            "train_loss": scalar("train_loss", "training cross-entropy (mean over the epoch, augmented)", "nat"),
+            "train_accuracy": scalar("train_accuracy", "training top-1 accuracy (mean over the epoch, augmented)", "1"),
+            "val_loss": scalar("val_loss", "validation cross-entropy on the full CIFAR-10 test split", "nat"),
+            "val_accuracy": scalar("val_accuracy", "validation top-1 accuracy on the full CIFAR-10 test split", "1"),
+            "lr": scalar("lr", "learning rate at the last step of the epoch", "1"),
+            "train_time": scalar("train_time", "wall time of the epoch's training steps", "s"),
+            "eval_time": scalar("eval_time", "wall time of the epoch's validation", "s"),
+            "firing_rate": xr.DataArray(per_layer("firing_rate"), dims=("epoch", "layer"), attrs={
+                "long_name": "mean spikes per neuron and time step on the test split (ann: fraction of active units)",
+                "units": "1/step"}),
+            "conv_ratio": xr.DataArray(per_layer("conv_ratio"), dims=("epoch", "layer"), attrs={
+                "long_name": "mean flex mask m (share of the conv path) on the test split; NaN for non-flex layers",
+                "units": "1"}),
+        },
+        coords={"epoch": xr.DataArray(epochs, dims="epoch", attrs={"long_name": "epochs completed", "units": "1"}),
+                "layer": xr.DataArray(layers, dims="layer", attrs={"long_name": "neuron layer"})},
+        attrs={**prov, "variant": cfg.variant, "profile": cfg.profile},
+    )
+    return ds
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "cpu",
+              resume: bool = False, progress: bool | None = None) -> xr.Dataset:
+    """Train (or resume) one run; returns the per-epoch metrics."""
+    return Trainer(cfg, Path(run_dir), Path(data_dir) if data_dir else None, device, progress).run(resume=resume)
