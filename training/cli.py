@@ -13,7 +13,7 @@ from pathlib import Path
 
 from training.config import PROFILES, Arch, ConfigError, Mode, make_config
 
-EXTENSIONS = ("training.export", "sim.cli", "analysis.cli")
+EXTENSIONS = ("training.export", "sim.cli", "analysis.cli", "analysis.notebooks")
 EXIT_USER_ERROR = 2
 
 

@@ -33,7 +33,7 @@ VARIANTS: tuple[tuple[bool, str], ...] = (
     (True, "stbp"), (True, "hybrid"), (True, "ann"), (False, "stbp"), (False, "hybrid"), (False, "ann"),
 )
 # post-training stages: module with ``run_stage(root, run_dirs, profile, data_dir, device)``
-STAGES: tuple[str, ...] = ("sim.pipeline", "analysis.pipeline")
+STAGES: tuple[str, ...] = ("sim.pipeline", "analysis.pipeline", "analysis.notebooks")
 SUMMARY = "training_summary.nc"
 
 
