@@ -84,3 +84,148 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 150) -> Pat
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+VARIANT_ORDER = tuple(f"{f}-{m}" for m in MODES for f in ("vgg", "flex"))
+MODE_LINESTYLE = {"ann": ":", "hybrid": "--", "stbp": "-"}
+
+
+def _style(variant: str) -> dict:
+    family, mode = variant.split("-")
+    return {"color": FAMILY_STYLE[family]["color"], "linestyle": MODE_LINESTYLE[mode],
+            "label": f"{FAMILY_STYLE[family]['label']} {mode}"}
+
+
+def _variants(ds: xr.Dataset, modes: tuple[str, ...] = MODES) -> list[str]:
+    return [v for v in VARIANT_ORDER if v in ds.variant.values and v.split("-")[1] in modes]
+
+
+def _first_seed_value(da: xr.DataArray) -> xr.DataArray:
+    """A coordinate that is the same in every run (e.g. the epsilon grid): drop the run dims."""
+    for dim in ("variant", "seed"):
+        if dim in da.dims:
+            da = da.dropna(dim, how="all").isel({dim: 0})
+    return da
+
+
+def plot_robustness(rob: xr.Dataset) -> plt.Figure:
+    """Fig 4: top-1 accuracy vs epsilon under FGSM, PGD, SPGD and the per-sample worst case, with AUC bars."""
+    attacks = [a for a in ("fgsm", "pgd", "spgd", "worst") if a in rob.attack.values]
+    fig = plt.figure(figsize=(4.0 * len(attacks), 7.5))
+    grid = fig.add_gridspec(2, len(attacks))
+    for i, attack in enumerate(attacks):
+        ax = fig.add_subplot(grid[0, i])
+        eps = _first_seed_value(rob.epsilon.sel(attack=attack)).values
+        for v in _variants(rob):
+            mean, lo, hi = _mean_spread(rob.accuracy.sel(attack=attack, variant=v))
+            style = _style(v)
+            ax.plot(eps, mean, marker="o", markersize=2.5, **style)
+            ax.fill_between(eps, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
+        chance = float(rob.attrs.get("chance", 0.1))
+        ax.axhline(chance, color="grey", lw=0.8, ls=":")
+        ax.set_title({"worst": "worst case (per image, all attacks)"}.get(attack, attack.upper()))
+        ax.set_xlabel("ε (L∞, [0, 1] pixels)")
+        ax.set_ylabel("top-1 accuracy" if i == 0 else "")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    ax = fig.add_subplot(grid[1, :])
+    bars = [a for a in attacks if a != "worst"]
+    variants = _variants(rob)
+    width = 0.8 / max(1, len(variants))
+    for j, v in enumerate(variants):
+        auc = rob.auc_normalised.sel(variant=v, attack=bars)
+        style = _style(v)
+        ax.bar(np.arange(len(bars)) + (j - (len(variants) - 1) / 2) * width, auc.mean("seed").values, width,
+               yerr=auc.std("seed").values if rob.sizes.get("seed", 1) > 1 else None, color=style["color"],
+               hatch={"ann": "..", "hybrid": "//", "stbp": ""}[v.split("-")[1]], edgecolor="white",
+               label=style["label"])
+    ax.set_xticks(np.arange(len(bars)), [b.upper() for b in bars])
+    ax.set_ylabel("AUC / ε range (mean accuracy over the sweep)")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Robustness on {rob.sizes.get('sample', '?')} CIFAR-10 test images "
+                 f"(gradients: see the `gradient` attr of robustness.nc)")
+    fig.tight_layout()
+    return fig
+
+
+def sanity_table(rob: xr.Dataset) -> list[str]:
+    """One line per run: the gradient-masking sanity verdict."""
+    return [f"{v} seed {int(s)}: {rob.sanity_verdict.sel(variant=v, seed=s).item()}"
+            for v in _variants(rob) for s in rob.seed.values
+            if str(rob.sanity_verdict.sel(variant=v, seed=s).item()) not in ("", "nan")]
+
+
+def plot_sparsity(spa: xr.Dataset, raster_variants: tuple[str, ...] = ("vgg-stbp", "flex-stbp"),
+                  image: int = 0) -> plt.Figure:
+    """Fig 5: spike rasters (sampled neurons, one image), per-layer firing rates, SynOps and energy."""
+    seed = spa.seed.values[0]
+    raster_variants = tuple(v for v in raster_variants if v in spa.variant.values)
+    fig = plt.figure(figsize=(13, 8))
+    grid = fig.add_gridspec(2, max(2, len(raster_variants)))
+    for i, v in enumerate(raster_variants):
+        ax = fig.add_subplot(grid[0, i])
+        run = spa.sel(variant=v, seed=seed)
+        layers = [str(n) for n in run.layer.values if not np.all(np.isnan(run.raster.sel(layer=n).values))]
+        offset = 0
+        for name in layers:
+            act = run.raster.sel(layer=name).isel(raster_image=image).values  # [neuron, time]
+            act = act[~np.isnan(act).any(axis=1)]
+            t_idx, n_idx = np.nonzero(act.T > 0)
+            ax.scatter(t_idx + 0.5, n_idx + offset, s=1.5, marker="|", color="black")
+            ax.axhline(offset, color="grey", lw=0.4)
+            ax.text(act.shape[1] + 0.05, offset + act.shape[0] / 2, name, fontsize=7, va="center")
+            offset += act.shape[0]
+        ax.set_xlim(0, run.sizes["time"])
+        ax.set_ylim(0, offset)
+        ax.set_xlabel("time step")
+        ax.set_ylabel("sampled neurons (by layer)")
+        ax.set_title(f"{_style(v)['label']}: spikes of test image {int(run.raster_sample.values[image])}")
+    spiking = [v for v in _variants(spa, ("hybrid", "stbp"))]
+    ax = fig.add_subplot(grid[1, 0])
+    for v in spiking:
+        rate = spa.mean_firing_rate.sel(variant=v).mean("seed").dropna("layer")
+        ax.plot(rate.layer.values, rate.values, marker="o", **_style(v))
+    ax.set_ylabel("spikes / neuron / step")
+    ax.set_title("per-layer firing rate")
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(grid[1, 1:])
+    variants = _variants(spa)
+    energy = np.array([float(spa.total_energy.sel(variant=v).mean("seed")) for v in variants]) / 1e6
+    synops = np.array([float(spa.synops.sel(variant=v).sum("layer").mean("seed")) for v in variants]) / 1e6
+    colors = [_style(v)["color"] for v in variants]
+    ax.bar(np.arange(len(variants)), energy, color=colors)
+    for k, (e, s) in enumerate(zip(energy, synops)):
+        ax.text(k, e, f"{s:.1f} M ops", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(variants)), variants, rotation=20)
+    ax.set_ylabel("µJ per image (ESTIMATE)")
+    ax.set_title("synaptic energy, 45 nm estimate: 0.9 pJ/AC, 4.6 pJ/MAC")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_landscapes(land: xr.Dataset, modes: tuple[str, ...] = ("hybrid", "stbp")) -> plt.Figure:
+    """Fig 6: 3-D loss surfaces along two filter-normalised directions, one panel per variant (first seed)."""
+    variants = _variants(land, modes)
+    seed = land.seed.values[0]
+    cols = max(1, len(variants) // 2) if len(variants) > 2 else len(variants)
+    rows = int(np.ceil(len(variants) / cols))
+    fig = plt.figure(figsize=(4.5 * cols, 4.2 * rows))
+    a, b = np.meshgrid(land.alpha.values, land.beta.values, indexing="ij")
+    zmax = float(land.loss.sel(variant=variants, seed=seed).max())
+    for k, v in enumerate(variants):
+        ax = fig.add_subplot(rows, cols, k + 1, projection="3d")
+        run = land.sel(variant=v, seed=seed)
+        ax.plot_surface(a, b, run.loss.values, cmap="viridis", linewidth=0, antialiased=True, vmin=0, vmax=zmax)
+        ax.set_zlim(0, zmax)
+        ax.set_xlabel("α")
+        ax.set_ylabel("β")
+        ax.set_zlabel("loss")
+        ax.set_title(f"{_style(v)['label']}\nλ_max(H) = {float(run.hessian_top_eigenvalue):.3g}", fontsize=9)
+    fig.suptitle("Loss landscapes (Li et al. 2018 filter-normalised directions; Hessian through the surrogate)")
+    fig.tight_layout()
+    return fig
