@@ -6,6 +6,7 @@ imports Brian2 only when the command runs, and never torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
@@ -40,12 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--build-dir", type=Path, default=None,
                    help="standalone devices: project directory (default OUT/build_DEVICE)")
     p.add_argument("--build-only", action="store_true", help="standalone devices: generate and compile, do not run")
+    p.add_argument("--fresh-poisson", action="store_true",
+                   help="Poisson-encoded runs: draw new input spikes (default: replay the reference's, exactly)")
+    p.add_argument("--seed", type=int, default=0, help="seed of Brian2's random numbers (--fresh-poisson)")
     p.add_argument("--no-spikes", dest="keep_spikes", action="store_false",
                    help="leave the full spike arrays out of sim.nc (the fidelity figures are kept)")
     p.set_defaults(func=cmd_sim)
 
 
 def cmd_sim(args: argparse.Namespace) -> None:
+    import warnings
+
+    # brian2 imports setuptools' MSVC helper, which warns on every Linux run; not actionable for users
+    warnings.filterwarnings("ignore", message="_get_vc_env is private", category=UserWarning)
     from sim.devices import DeviceError
     from sim.results import to_dataset
     from sim.simulate import SimError, SimOptions, simulate
@@ -57,11 +65,12 @@ def cmd_sim(args: argparse.Namespace) -> None:
     substeps = args.substeps if args.substeps is not None else (10 if args.mode == "biophysical" else 1)
     options = SimOptions(n_images=args.images or 0, mode=args.mode, device=args.device, plasticity=args.plasticity,
                          substeps=substeps, tau_m_ms=args.tau_m_ms, refractory_ms=args.refractory_ms,
-                         build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only)
+                         build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only,
+                         fresh_poisson=args.fresh_poisson, seed=args.seed)
     try:
         export = read_export(export_path(args.run_dir))
         if args.images is None:
-            options = SimOptions(**{**options.__dict__, "n_images": export.n_reference})
+            options = dataclasses.replace(options, n_images=export.n_reference)
         result = simulate(export, options)
     except (ExportError, SimError, DeviceError) as exc:
         raise CLIError(str(exc)) from exc

@@ -69,7 +69,7 @@ def _curand_dirs(build_dir: Path) -> tuple[list[str], list[str]]:
     """Include and library directories for curand from the ``nvidia-curand`` wheel, if it is installed.
 
     The wheel ships ``libcurand.so.10`` only; ``-lcurand`` needs the plain name, so a
-    link to it is placed in the build directory.
+    link to it is placed in ``BUILD_DIR/curand``.
     """
     spec = importlib.util.find_spec("nvidia.curand")
     if spec is None or not spec.submodule_search_locations:
@@ -78,7 +78,7 @@ def _curand_dirs(build_dir: Path) -> tuple[list[str], list[str]]:
     libs = sorted((root / "lib").glob("libcurand.so*"))
     if not libs:
         return [str(root / "include")], []
-    link_dir = build_dir.parent / f".{build_dir.name}-curand"
+    link_dir = build_dir / "curand"
     link_dir.mkdir(parents=True, exist_ok=True)
     link = link_dir / "libcurand.so"
     if not link.exists():

@@ -37,7 +37,10 @@ class Dynamics:
         image[0] = 1.0
         late = np.ones(steps * substeps)
         late[:substeps] = 0.0
+        step = np.zeros(substeps)
+        step[0] = 1.0
         self.namespace = {"image_start": TimedArray(np.tile(image, n_images), dt=dt),
+                          "step_start": TimedArray(np.tile(step, n_images * steps), dt=dt),
                           "late": TimedArray(np.tile(late, n_images), dt=dt)}
         if bio is None:
             self.constants = {"beta": model["beta"], "theta": model["theta"]}
@@ -67,11 +70,18 @@ class Dynamics:
     def neuron_state(self) -> str:
         return f"v : {self.v_unit}\n" + ("" if self.exact else "wait : 1\n")
 
-    def synapse(self, target: str, weighted: bool = True) -> dict:
-        """Keyword arguments of a Synapses object whose spikes add ``w`` (or 1) to ``target`` of the post group."""
+    def drive(self, target: str, from_relay: bool, weighted: bool = True) -> dict:
+        """Keyword arguments of a Synapses object through which the source drives ``target`` of the post group.
+
+        Exact mode: each spike adds ``w`` (or 1) for the current tick. Biophysical mode: a
+        neuron's spike adds it for one step (a pulse); a relay adds it while its window is active.
+        """
         w = "w" if weighted else "1"
         if self.exact:
             return {"on_pre": f"{target}_post += {w}"}
+        if from_relay:
+            return {"on_pre": {"up": f"{target}_post += {w}", "down": f"{target}_post -= {w}"},
+                    "on_event": {"up": "on", "down": "off"}}
         return {"on_pre": {"up": f"{target}_post += {w}", "down": f"{target}_post -= {w}*late(t)"},
                 "delay": {"down": self.substeps * self.dt}}
 
@@ -84,10 +94,3 @@ class Dynamics:
 
     def relay_start(self) -> str:
         return "n = 0" if self.exact else "n = n*(1 - image_start(t))\nactive = active*(1 - image_start(t))"
-
-    def relay_output(self, target: str) -> dict:
-        """Keyword arguments of the Synapses from a relay: its OR, weighted by the channel map, drives ``target``."""
-        if self.exact:
-            return {"on_pre": f"{target}_post += w"}
-        return {"on_pre": {"up": f"{target}_post += w", "down": f"{target}_post -= w"},
-                "on_event": {"up": "on", "down": "off"}}

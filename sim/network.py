@@ -91,6 +91,7 @@ class _Builder:
     def __init__(self, export: Export, n_images: int, timing: Timing):
         self.export, self.timing, self.n_images, self.objects = export, timing, n_images, []
         self.dyn = Dynamics(export.model, export.steps, n_images, timing.substeps, timing.dt, timing.bio)
+        self.relays: set[str] = set()  # names of relay groups (they signal on/off events, not spikes)
         # brian2cuda 1.0a7's synapse code refers to `defaultclock` by name, so the network runs on it;
         # device_session restores it afterwards
         defaultclock.dt = timing.dt
@@ -101,7 +102,9 @@ class _Builder:
         self.objects.extend(objects)
         return objects[0]
 
-    def synapses(self, name: str, source, target, conn: Connections, weighted: bool = True, **kwargs):
+    def synapses(self, name: str, source, target, conn: Connections, target_var: str, weighted: bool = True):
+        """Synapses through which ``source`` drives ``target_var`` of ``target`` (scheduled now)."""
+        kwargs = self.dyn.drive(target_var, source.name in self.relays, weighted)
         syn = self.add(Synapses(source, target, "w : 1 (constant)" if weighted else "", clock=self.clock,
                                 namespace=dict(self.dyn.namespace), name=name, **kwargs))
         syn.connect(i=conn.pre, j=conn.post)
@@ -118,7 +121,8 @@ class _Builder:
                                      clock=self.clock, namespace=dict(self.dyn.namespace), name=name))
         relay.run_regularly(self.dyn.relay_start(), when="start")
         conn = pool_connections(layer.c_in, layer.in_size, layer.out_size, layer.kernel, layer.stride, layer.padding)
-        self.synapses(f"{name}_in", source, relay, conn, weighted=False, **self.dyn.synapse("n", weighted=False))
+        self.synapses(f"{name}_in", source, relay, conn, "n", weighted=False)
+        self.relays.add(name)
         if self.dyn.exact:
             self.schedule(relay.thresholder["spike"])
         else:
@@ -145,7 +149,7 @@ class _Builder:
         group.run_regularly(dyn.start, when="start")
         if drives is None:  # spikes of the previous stage drive the conv path through synapses
             conn = conv_connections(a[f"{name}.weight"], layer.in_size, layer.out_size, layer.stride, layer.padding)
-            self.synapses(f"{name}_conv", source, group, conn, **dyn.synapse("acc_c"))
+            self.synapses(f"{name}_conv", source, group, conn, "acc_c")
             conv_src, pool_src = "bias + acc_c", "acc_p"
         else:  # analog first layer: both pathways computed from the image (sim.analog)
             duration = self.export.steps * self.timing.substeps * self.timing.dt
@@ -157,7 +161,7 @@ class _Builder:
             if drives is None:
                 relay = self.relay(f"{name}_or", source, layer)
                 conn = channel_map_connections(a[f"{name}.pool_map"], layer.out_size)
-                self.synapses(f"{name}_pool", relay, group, conn, **dyn.relay_output("acc_p"))
+                self.synapses(f"{name}_pool", relay, group, conn, "acc_p")
             group.thr = a[f"{name}.threshold"].ravel()
             group.lscale = a[f"{name}.logit_scale"][channel]
             group.lshift = a[f"{name}.logit_shift"][channel]
@@ -194,22 +198,53 @@ class _Builder:
         return self.add(StateMonitor(masks, ["mbar", "b", "rs", "ri"], record=True, when="end",
                                      name=f"{name}_mask_monitor"))
 
+    def poisson_input(self, images: np.ndarray, fresh: bool) -> NeuronGroup:
+        """Pixel neurons firing at the start of each step with the pixel value as probability.
+
+        Replays the export's reference input spikes, or draws new ones (``fresh``) with Brian2's ``rand()``.
+        """
+        n, steps, k = len(images), self.export.steps, self.timing.substeps
+        ns = dict(self.dyn.namespace)
+        if fresh:
+            ns["p"] = TimedArray(images.reshape(n, -1) / 255.0, dt=steps * k * self.timing.dt)
+            threshold = "step_start(t) > 0.5 and rand() < p(t, i)"
+        else:
+            spikes = self.export.reference_spikes("input", n).reshape(n * steps, -1)
+            ns["replay"] = TimedArray(spikes.astype(np.float64), dt=k * self.timing.dt)
+            threshold = "step_start(t) > 0.5 and replay(t, i) > 0.5"
+        group = self.add(NeuronGroup(images[0].size, "", threshold=threshold, clock=self.clock, namespace=ns,
+                                     name="input"))
+        self.schedule(group.thresholder["spike"])
+        return group
+
     def readout(self, source) -> StateMonitor:
-        a = self.export.arrays
-        group = self.add(NeuronGroup(len(a["readout.bias"]), "acc : 1\nbias : 1 (constant)\ny = bias + acc/steps : 1",
-                                     clock=self.clock, namespace={**self.dyn.namespace, "steps": self.export.steps},
-                                     name="readout"))
+        """Linear read-out ``y = bias + (1/T) sum over ticks of W x / K`` (x: the source's activity).
+
+        In exact mode ``x`` is the spikes of the tick, so ``y`` is PyTorch's mean over steps of
+        ``W s[t] + bias``; in biophysical mode it is the time average of the pulses / relay states.
+        """
+        a, k = self.export.arrays, self.timing.substeps
+        group = self.add(NeuronGroup(len(a["readout.bias"]), "drive : 1\nacc : 1\nbias : 1 (constant)\n"
+                                     "y = bias + acc/steps : 1", clock=self.clock,
+                                     namespace={**self.dyn.namespace, "steps": self.export.steps,
+                                                "substeps": float(k)}, name="readout"))
         group.bias = a["readout.bias"]
-        group.run_regularly("acc = acc*(1 - image_start(t))", when="start")
+        clear = "drive = 0" if self.dyn.exact else "drive = drive*(1 - image_start(t))"
+        group.run_regularly(f"acc = acc*(1 - image_start(t))\n{clear}", when="start")
         weight = a["readout.weight"]
         post, pre = np.nonzero(np.ones_like(weight, dtype=bool))
-        # the read-out counts spikes (mean over steps of W s[t]); it needs no pulses
-        self.synapses("readout_in", source, group, Connections(pre, post, weight[post, pre]), on_pre="acc_post += w")
+        self.synapses("readout_in", source, group, Connections(pre, post, weight[post, pre]), "drive")
+        self.schedule(group.run_regularly("acc += drive/substeps", when="groups", name="readout_update"))
         return self.add(StateMonitor(group, "y", record=True, when="end", name="readout_monitor"))
 
 
-def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity: bool = False) -> SimNetwork:
+def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity: bool = False,
+                  fresh_poisson: bool = False) -> SimNetwork:
     """The Brian2 network of ``export`` presenting ``images`` (uint8 ``[N, 3, 32, 32]``) one after another.
+
+    Direct encoding feeds the image as a constant current (the first layer's
+    pathways from :mod:`sim.analog`); Poisson encoding feeds spikes of pixel
+    neurons through synapses like every other layer.
 
     Parameters
     ----------
@@ -221,18 +256,20 @@ def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity
         Mode, ticks per step and physical parameters (see :func:`make_timing`).
     plasticity
         Run the online plasticity rule on every flex layer's mask bias.
+    fresh_poisson
+        Poisson-encoded exports: draw new input spikes instead of replaying the reference's.
     """
-    if export.model["encoding"] != "direct":
-        raise ValueError("only direct (constant-current) input is simulated; this export uses "
-                         f"{export.model['encoding']!r} encoding.")
     n_images = len(images)
     builder = _Builder(export, n_images, timing)
     spikes, masks, source = {}, {}, None
+    direct = export.model["encoding"] == "direct"
+    if not direct:
+        source = builder.poisson_input(images, fresh_poisson)
     for index, layer in enumerate(export.layers):
         if layer.kind == "pool":
             source = builder.relay(f"{layer.name}_or", source, layer)
             continue
-        drives = first_layer_drives(export, images) if index == 0 else None
+        drives = first_layer_drives(export, images) if index == 0 and direct else None
         source, monitor = builder.layer(layer, source, drives, plasticity)
         spikes[layer.name] = builder.add(SpikeMonitor(source, when="end", name=f"{layer.name}_spikes"))
         if monitor is not None:

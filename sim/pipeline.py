@@ -9,6 +9,7 @@ Results go to ``RUN_DIR/sim/exact/sim.nc`` and ``RUN_DIR/sim/biophysical_k{K}/si
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: 
     out = {}
     for name, options in jobs.items():
         folder = Path(run_dir) / "sim" / name
-        options = SimOptions(**{**options.__dict__, "build_dir": folder / f"build_{device}"})
+        options = dataclasses.replace(options, build_dir=folder / f"build_{device}")
         ds = to_dataset(simulate(ex, options), ex, options, keep_spikes=name == "exact")
         write_dataset(ds, folder / "sim.nc")
         out[name] = ds

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import brian2
 import numpy as np
 from brian2 import mV, ms
 
@@ -41,6 +42,8 @@ class SimOptions:
     refractory_ms: float | None = None  # None: one step
     build_dir: Path | None = None
     build_only: bool = False
+    fresh_poisson: bool = False  # Poisson exports: new input spikes instead of the reference's
+    seed: int = 0  # Brian2's random numbers (fresh Poisson input)
 
 
 class SimResult(NamedTuple):
@@ -78,8 +81,8 @@ def check_options(export: Export, options: SimOptions) -> Timing:
     if not 1 <= options.n_images <= export.n_reference:
         raise SimError(f"--images={options.n_images}: the export holds {export.n_reference} reference images; "
                        f"ask for 1..{export.n_reference}, or export again with `bioflexnet export RUN_DIR --images N`.")
-    if export.model["encoding"] != "direct":
-        raise SimError(f"the export uses {export.model['encoding']!r} input; only direct encoding is simulated.")
+    if options.fresh_poisson and export.model["encoding"] != "poisson":
+        raise SimError("--fresh-poisson needs a Poisson-encoded export; this one feeds the image as a current.")
     return make_timing(export, options)
 
 
@@ -119,8 +122,9 @@ def simulate(export: Export, options: SimOptions) -> SimResult | None:
     timing = check_options(export, options)
     images = export.arrays["ref.images"][:options.n_images]
     with device_session(options.device, options.build_dir, options.build_only) as session:
+        brian2.seed(options.seed)
         t0 = time.perf_counter()
-        net = build_network(export, images, timing, options.plasticity)
+        net = build_network(export, images, timing, options.plasticity, options.fresh_poisson)
         build_s = time.perf_counter() - t0
         if not session.run(net.network, net.duration):
             return None

@@ -29,7 +29,8 @@ def _layers(flex: bool) -> list[dict]:
 
 
 def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: int = 3, beta: float = 0.5,
-                  reset: str = "subtract", sigma: str = "hard", rate: float = 0.05, seed: int = 0) -> Export:
+                  reset: str = "subtract", sigma: str = "hard", rate: float = 0.05, encoding: str = "direct",
+                  seed: int = 0) -> Export:
     """Write a random export to ``path`` and return it read back (validated)."""
     rng = np.random.default_rng(seed)
     layers = _layers(flex)
@@ -37,10 +38,11 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
     features = last["c_out"] * last["out_size"][0] ** 2
     header = {
         "model": {"arch": "tiny", "flex": flex, "mode": "stbp", "steps": steps, "beta": beta, "theta": 1.0,
-                  "reset": reset, "mask_sigma": sigma, "encoding": "direct", "plasticity_rate": rate,
+                  "reset": reset, "mask_sigma": sigma, "encoding": encoding, "plasticity_rate": rate,
                   "num_classes": 10},
         "layers": layers, "readout": {"source": last["name"], "features": features},
-        "reference": {"split": "random", "selection": "random images", "dtype": "float64", "plasticity": "off"},
+        "reference": {"split": "random", "selection": "random images", "dtype": "float64", "plasticity": "off",
+                      "input_seed": seed},
         "run": {"run_dir": "", "config": {"seed": seed}},
     }
     arrays = {"input.mean": np.array([0.49, 0.48, 0.45]), "input.std": np.array([0.25, 0.24, 0.26]),
@@ -67,6 +69,6 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
                    "ref.logits": ref.pop("logits")})
     arrays["ref.model_logits"] = arrays["ref.logits"].copy()  # no float32 model behind a random export
     for key, value in ref.items():
-        arrays[f"ref.{key}"] = pack_spikes(value) if key.startswith("spikes.") else value
+        arrays[f"ref.{key}"] = pack_spikes(value) if "spikes" in key else value
     write_export(path, header, arrays)
     return read_export(path)

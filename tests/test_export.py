@@ -12,9 +12,10 @@ from training.export_format import FORMAT_VERSION, ExportError, read_export
 from training.models import SpikingVGG
 
 
-def _random_model(flex: bool, mode: str = "stbp", seed: int = 0) -> tuple[SpikingVGG, object]:
+def _random_model(flex: bool, mode: str = "stbp", seed: int = 0, encoding: str = "direct"):
     """A VGG5 of width 1/16 with randomised BN statistics and mask parameters (not a trained net)."""
-    cfg = make_config("smoke", flex=flex, mode=mode, overrides=["model.width=0.0625", "model.beta=0.7"])
+    cfg = make_config("smoke", flex=flex, mode=mode, overrides=["model.width=0.0625", "model.beta=0.7",
+                                                               f"model.encoding={encoding}"])
     torch.manual_seed(seed)
     model = SpikingVGG(cfg.model)
     gen = torch.Generator().manual_seed(seed)
@@ -59,6 +60,22 @@ def test_reference_forward_equals_model_in_float64(flex):
     np.testing.assert_allclose(arrays["ref.logits"], out.logits.numpy(), rtol=0, atol=1e-12)
     # the float32 model's logits are stored too and close to the float64 ones
     np.testing.assert_allclose(arrays["ref.model_logits"], arrays["ref.logits"], atol=1e-3)
+
+
+def test_poisson_reference_equals_model_fed_the_same_input_spikes(monkeypatch):
+    model, cfg = _random_model(flex=True, encoding="poisson")
+    images = np.random.default_rng(2).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    header, arrays = build_export(model, cfg, images, np.zeros(3, dtype=np.int64))
+    bits = np.unpackbits(arrays["ref.input_spikes"], axis=-1, count=3072).reshape(3, cfg.model.steps, 3, 32, 32)
+    assert 0.3 < bits.mean() < 0.7  # pixel probabilities of uniform random images
+    stored = torch.from_numpy(bits.transpose(1, 0, 2, 3, 4).astype(np.float64))
+    monkeypatch.setattr(model, "encode", lambda images: stored)
+    with torch.no_grad():
+        out = model.double().run(torch.zeros(3, 3, 32, 32, dtype=torch.float64))
+    for trace in out.layers:
+        spikes = trace.output.transpose(0, 1).numpy().astype(bool)
+        packed = np.packbits(spikes.reshape(*spikes.shape[:2], -1), axis=-1)
+        np.testing.assert_array_equal(arrays[f"ref.spikes.{trace.name}"], packed, err_msg=trace.name)
 
 
 def test_export_refuses_ann_mode():

@@ -50,8 +50,10 @@ def test_brian2_integrator_with_mapped_units_reproduces_the_discrete_membrane(su
 
 
 @pytest.mark.brian
-def test_biophysical_mode_at_one_tick_per_step_equals_exact_mode(tmp_path):
-    export = random_export(tmp_path / "e.npz", n_images=3, beta=0.6)
+@pytest.mark.parametrize("flex", [True, False])
+def test_biophysical_mode_at_one_tick_per_step_equals_exact_mode(tmp_path, flex):
+    """Also the baseline, whose max-pool relays drive the next conv layer and the read-out."""
+    export = random_export(tmp_path / "e.npz", flex=flex, n_images=3, beta=0.6)
     result = simulate(export, SimOptions(n_images=3, mode="biophysical", substeps=1))
     for layer in export.neuron_layers:
         # pulses are switched on and off by adding and subtracting weights: ties at the threshold may differ
@@ -60,8 +62,9 @@ def test_biophysical_mode_at_one_tick_per_step_equals_exact_mode(tmp_path):
 
 
 @pytest.mark.brian
-def test_finer_dt_keeps_the_analog_layer_and_resolves_spike_times(tmp_path):
-    export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
+@pytest.mark.parametrize("flex", [True, False])
+def test_finer_dt_keeps_the_analog_layer_and_resolves_spike_times(tmp_path, flex):
+    export = random_export(tmp_path / "e.npz", flex=flex, n_images=2, beta=0.6)
     coarse = simulate(export, SimOptions(n_images=2, mode="biophysical", substeps=1))
     fine = simulate(export, SimOptions(n_images=2, mode="biophysical", substeps=5))
     # from rest, a constant drive u crosses threshold within the first step iff u >= theta, at any dt;
@@ -77,3 +80,37 @@ def test_biophysical_mode_refuses_beta_one(tmp_path):
     export = random_export(tmp_path / "e.npz", n_images=1, beta=1.0)
     with pytest.raises(SimError, match="0 < beta < 1"):
         simulate(export, SimOptions(n_images=1, mode="biophysical"))
+
+
+@pytest.mark.brian
+def test_each_spike_drives_its_targets_for_exactly_one_step(tmp_path, monkeypatch):
+    """The conv-path input of down1 at every tick is the summed weight of the conv1 spikes of the last
+    K ticks of the same image (a rectangular pulse one step long, cut at the image's end)."""
+    from brian2 import StateMonitor
+
+    import sim.network as network
+    from sim.connectivity import conv_connections, dense_matrix
+    from sim.devices import device_session
+    from sim.simulate import make_timing
+
+    export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
+    k, steps, n = 3, export.steps, 2
+    with device_session("runtime"):
+        timing = make_timing(export, SimOptions(n_images=n, mode="biophysical", substeps=k))
+        net = network.build_network(export, export.arrays["ref.images"][:n], timing)
+        monitor = StateMonitor(net.network["down1"], "acc_c", record=True, when="end")
+        net.network.add(monitor)
+        net.network.run(net.duration)
+        ticks = np.rint(np.asarray(net.spikes["conv1"].t) / float(timing.dt)).astype(int)
+        cells = np.asarray(net.spikes["conv1"].i)
+        acc = np.asarray(monitor.acc_c).T  # [ticks, neurons]
+    conv1, down1 = export.layers[0], export.layers[1]
+    weights = dense_matrix(conv_connections(export.arrays["down1.weight"], down1.in_size, down1.out_size,
+                                            down1.stride, down1.padding), conv1.n_out, down1.n_out)
+    per_image = steps * k
+    for tick in range(n * per_image):
+        start = max(tick - k + 1, tick - tick % per_image)  # pulses started in the last K ticks of this image
+        active = np.zeros(conv1.n_out)
+        np.add.at(active, cells[(ticks >= start) & (ticks <= tick)], 1.0)
+        np.testing.assert_allclose(acc[tick], weights @ active, atol=1e-12, err_msg=f"tick {tick}")
+    assert np.abs(acc).max() > 0.1

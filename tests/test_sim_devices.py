@@ -1,4 +1,5 @@
 """Devices: cpp_standalone equals runtime; cuda_standalone generates and compiles where nvcc is."""
+import dataclasses
 import importlib.util
 import shutil
 
@@ -30,8 +31,7 @@ def test_cpp_standalone_equals_runtime(tmp_path):
     export = random_export(tmp_path / "e.npz", n_images=2)
     options = SimOptions(n_images=2, plasticity=True)
     runtime = simulate(export, options)
-    cpp = simulate(export, SimOptions(**{**options.__dict__, "device": "cpp_standalone",
-                                         "build_dir": tmp_path / "cpp"}))
+    cpp = simulate(export, dataclasses.replace(options, device="cpp_standalone", build_dir=tmp_path / "cpp"))
     _assert_same(runtime, cpp)
     assert cpp.timings["build_s"] > 0 and "simulate_s" in cpp.timings
 
@@ -41,7 +41,7 @@ def test_cpp_standalone_equals_runtime(tmp_path):
 def test_cpp_standalone_equals_runtime_in_biophysical_mode(tmp_path):
     export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
     options = SimOptions(n_images=2, mode="biophysical", substeps=3, plasticity=True)
-    cpp = SimOptions(**{**options.__dict__, "device": "cpp_standalone", "build_dir": tmp_path / "cpp"})
+    cpp = dataclasses.replace(options, device="cpp_standalone", build_dir=tmp_path / "cpp")
     _assert_same(simulate(export, options), simulate(export, cpp))
 
 

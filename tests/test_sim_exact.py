@@ -61,3 +61,25 @@ def test_bad_options_are_refused_before_simulating(tmp_path, options, match):
     export = random_export(tmp_path / "e.npz", n_images=2)
     with pytest.raises(SimError, match=match):
         simulate(export, options)
+
+
+def test_poisson_input_replays_the_reference_spikes_exactly(tmp_path):
+    export = random_export(tmp_path / "e.npz", encoding="poisson", n_images=2, steps=3)
+    result = simulate(export, SimOptions(n_images=2))
+    for layer in export.neuron_layers:
+        assert 0.02 < export.reference_spikes(layer.name).mean() < 0.98
+        np.testing.assert_array_equal(result.spikes[layer.name], export.reference_spikes(layer.name))
+    np.testing.assert_allclose(result.logits, export.arrays["ref.logits"], atol=1e-12)
+
+
+def test_fresh_poisson_input_fires_at_the_pixel_rate(tmp_path):
+    """New Bernoulli draws: other spikes than the reference's, the same statistics."""
+    export = random_export(tmp_path / "e.npz", encoding="poisson", n_images=4, steps=4)
+    a = simulate(export, SimOptions(n_images=4, fresh_poisson=True, seed=1))
+    b = simulate(export, SimOptions(n_images=4, fresh_poisson=True, seed=1))
+    np.testing.assert_array_equal(a.spikes["conv1"], b.spikes["conv1"])  # seeded
+    ref = export.reference_spikes("conv1")
+    assert (a.spikes["conv1"] != ref).any()
+    assert abs(a.spikes["conv1"].mean() - ref.mean()) < 0.02
+    with pytest.raises(SimError, match="needs a Poisson-encoded export"):
+        simulate(random_export(tmp_path / "d.npz", n_images=1), SimOptions(n_images=1, fresh_poisson=True))

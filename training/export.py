@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import equations
-from training.config import Encoding, Mode, Reset, RunConfig
-from training.export_format import Export, LayerSpec, pack_spikes, validate, write_export
+from training.config import Mode, Reset, RunConfig
+from training.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spikes, write_export
 from training.flex import PlasticFlexLayer
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
 from training.neurons import LIFParams, lif_multistep
@@ -90,21 +90,27 @@ def reference_forward(export: Export, images: np.ndarray) -> dict[str, np.ndarra
     export and the mask written as in ``sim/``: ``z = logits + (eta[t] + b)``,
     ``u = pool + m (conv - pool)``; the LIF update is :func:`training.neurons.lif_multistep`.
 
+    With Poisson encoding the input spikes are drawn from the seed
+    ``header["reference"]["input_seed"]`` and returned, so a simulator can replay them.
+
     Returns
     -------
     ``{"logits": [N, classes], "spikes.L": [N, T, C, H, W] uint8, "mask_mean.L": [N, T, C],
-    "r_sel.L" / "r_inv.L": [N, C]}`` (per-image pathway drives, mean over steps and positions).
+    "r_sel.L" / "r_inv.L": [N, C]}`` (per-image pathway drives, mean over steps and positions),
+    and ``"input_spikes": [N, T, 3, 32, 32]`` uint8 for Poisson encoding.
     """
     a = {k: torch.from_numpy(v) for k, v in export.arrays.items() if not k.startswith("ref.")}
     model, steps = export.model, export.steps
     params = LIFParams(model["beta"], model["theta"], Reset(model["reset"]))
     sigma = equations.hard_sigmoid if model["mask_sigma"] == "hard" else equations.logistic
     x = torch.from_numpy(images).to(torch.float64) / 255.0
+    out: dict[str, np.ndarray] = {}
     if model["encoding"] == "direct":
         x = ((x - a["input.mean"].view(1, 3, 1, 1)) / a["input.std"].view(1, 3, 1, 1)).unsqueeze(0)
-    else:
-        raise NotImplementedError("reference spikes for Poisson input are random; export a direct-encoded run.")
-    out: dict[str, np.ndarray] = {}
+    else:  # Bernoulli spikes with the pixel as probability (as SpikingVGG.encode), drawn from a fixed seed
+        gen = torch.Generator().manual_seed(int(export.header["reference"]["input_seed"]))
+        x = (torch.rand((steps, *x.shape), generator=gen, dtype=torch.float64) < x).to(torch.float64)
+        out["input_spikes"] = x.transpose(0, 1).to(torch.uint8).numpy()
     for layer in export.layers:
         flat = x.flatten(0, 1)
         if layer.kind == "pool":
@@ -147,8 +153,6 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
     """Header and arrays of a model's export, reference outputs included (not yet written)."""
     if cfg.model.mode is Mode.ANN:
         raise ValueError("an ann-mode model has ReLU units, not spiking neurons; export a hybrid or stbp run.")
-    if cfg.model.encoding is not Encoding.DIRECT:
-        raise ValueError("only direct-encoded models can be exported (Poisson input has no deterministic reference).")
     m = cfg.model
     layers, arrays = model_arrays(model)
     last = layers[-1]
@@ -159,26 +163,28 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
         "layers": layers,
         "readout": {"source": last["name"], "features": last["c_out"] * last["out_size"][0] * last["out_size"][1]},
         "reference": {"split": "test", "selection": f"first {len(labels)} images", "dtype": "float64",
-                      "plasticity": "off"},
+                      "plasticity": "off", "input_seed": cfg.seed},
         "run": {**(run_info or {}), "config": cfg.to_dict(), "provenance": provenance(seed=cfg.seed)},
     }
     images = np.ascontiguousarray(images, dtype=np.uint8)
     arrays.update({"ref.images": images, "ref.labels": np.asarray(labels, dtype=np.int64)})
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    # Poisson input: the float32 model draws its own spikes; seed them so the export is reproducible
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
         arrays["ref.model_logits"] = model(torch.from_numpy(images).float() / 255.0).double().numpy()
     model.train(was_training)
-    # the reference needs the parameter arrays only; fill its own outputs with placeholders for validation
     ref = reference_forward(_params_only(header, arrays), images)
     arrays["ref.logits"] = ref.pop("logits")
     for key, value in ref.items():
-        arrays[f"ref.{key}"] = pack_spikes(value) if key.startswith("spikes.") else value
+        arrays[f"ref.{key}"] = pack_spikes(value) if "spikes" in key else value
     return header, arrays
 
 
 def _params_only(header: dict, arrays: dict[str, np.ndarray]) -> Export:
-    return Export({"format_version": 1, **header}, {k: v for k, v in arrays.items() if not k.startswith("ref.")})
+    return Export({"format_version": FORMAT_VERSION, **header},
+                  {k: v for k, v in arrays.items() if not k.startswith("ref.")})
 
 
 def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_IMAGES,
@@ -198,7 +204,6 @@ def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_I
                                       run_info={"run_dir": str(Path(run_dir).resolve())})
     except ValueError as exc:
         raise RunDirError(f"{run_dir}: {exc}") from exc
-    validate({"format": "bioflexnet-export", "format_version": 1, **header}, arrays, source="the new export")
     return write_export(out or Path(run_dir) / EXPORT_FILE, header, arrays)
 
 

@@ -22,6 +22,8 @@ array                   shape                            meaning
 ``ref.logits``          ``[N, classes]``                 float64 PyTorch forward of *this* export
 ``ref.model_logits``    ``[N, classes]``                 the trained float32 model's own output
 ``ref.spikes.L``        ``[N, T, ceil(C*H*W/8)]`` uint8  reference spikes, ``np.packbits`` over NCHW neurons
+``ref.input_spikes``    ``[N, T, 384]`` uint8            Poisson encoding only: the input spikes drawn
+                                                         for the reference (packed ``[3, 32, 32]``)
 ``ref.mask_mean.L``     ``[N, T, C_out]``                mask ``m`` averaged over positions (flex)
 ``ref.r_sel.L/r_inv.L`` ``[N, C_out]``                   pathway drives per image (flex; see equations)
 ======================  ===============================  =========================================
@@ -118,11 +120,17 @@ class Export:
         return int(self.arrays["ref.labels"].shape[0])
 
     def reference_spikes(self, name: str, n_images: int | None = None) -> np.ndarray:
-        """Unpacked reference spikes of neuron layer ``name``: bool ``[N, T, C, H, W]``."""
-        layer = next(la for la in self.layers if la.name == name)
-        packed = self.arrays[f"ref.spikes.{name}"][:n_images]
-        bits = np.unpackbits(packed, axis=-1, count=layer.n_out).astype(bool)
-        return bits.reshape(*packed.shape[:2], layer.c_out, *layer.out_size)
+        """Unpacked reference spikes of neuron layer ``name``: bool ``[N, T, C, H, W]``.
+
+        ``name="input"`` gives the Poisson input spikes ``[N, T, 3, 32, 32]``.
+        """
+        if name == "input":
+            packed, shape = self.arrays["ref.input_spikes"][:n_images], (3, 32, 32)
+        else:
+            layer = next(la for la in self.layers if la.name == name)
+            packed, shape = self.arrays[f"ref.spikes.{name}"][:n_images], (layer.c_out, *layer.out_size)
+        bits = np.unpackbits(packed, axis=-1, count=int(np.prod(shape))).astype(bool)
+        return bits.reshape(*packed.shape[:2], *shape)
 
 
 def pack_spikes(spikes: np.ndarray) -> np.ndarray:
@@ -216,6 +224,8 @@ def _check_header(header: dict[str, Any], source: str) -> None:
     _require(model["reset"] in RESETS, source, f"model.reset={model['reset']!r} is not one of {RESETS}")
     _require(model["mask_sigma"] in SIGMAS, source, f"model.mask_sigma={model['mask_sigma']!r} not in {SIGMAS}")
     _require(model["encoding"] in ENCODINGS, source, f"model.encoding={model['encoding']!r} not in {ENCODINGS}")
+    _require(model["encoding"] != "poisson" or isinstance(header.get("reference", {}).get("input_seed"), int),
+             source, "a Poisson-encoded export needs reference.input_seed")
     layers = header.get("layers")
     _require(isinstance(layers, list) and len(layers) > 0, source, "no 'layers' list")
     c, size = 3, [32, 32]
@@ -243,6 +253,8 @@ def expected_arrays(header: dict[str, Any], n_ref: int) -> dict[str, tuple[tuple
            "readout.weight": ((classes, header["readout"]["features"]), "f"), "readout.bias": ((classes,), "f"),
            "ref.images": ((n_ref, 3, 32, 32), "u"), "ref.labels": ((n_ref,), "iu"),
            "ref.logits": ((n_ref, classes), "f"), "ref.model_logits": ((n_ref, classes), "f")}
+    if model["encoding"] == "poisson":
+        out["ref.input_spikes"] = ((n_ref, steps, 3 * 32 * 32 // 8), "u")
     for d in header["layers"]:
         name, c_in, c_out, k = d["name"], d["c_in"], d["c_out"], d["kernel"]
         n_out = c_out * d["out_size"][0] * d["out_size"][1]
