@@ -158,25 +158,30 @@ class _Builder:
             if drives[1] is not None:
                 ns["pool_in"] = TimedArray(drives[1], dt=duration)
         if flex:
-            if drives is None:
-                relay = self.relay(f"{name}_or", source, layer)
-                conn = channel_map_connections(a[f"{name}.pool_map"], layer.out_size)
-                self.synapses(f"{name}_pool", relay, group, conn, "acc_p")
-            group.thr = a[f"{name}.threshold"].ravel()
-            group.lscale = a[f"{name}.logit_scale"][channel]
-            group.lshift = a[f"{name}.logit_shift"][channel]
-            ns["eta"] = TimedArray(np.tile(a[f"{name}.eta"], (self.n_images, 1)),
-                                   dt=self.timing.substeps * self.timing.dt)
-            sigma = (equations.HARD_SIGMOID_EXPR if self.export.model["mask_sigma"] == "hard"
-                     else equations.LOGISTIC_EXPR).format(z="z")
-            update = (f"Ic = {conv_src}\nIp = {pool_src}\nz = lscale*(Ip - thr) + lshift + (eta(t, ch) + b)\n"
-                      f"m = {sigma}\nv = {dyn.leak} + {dyn.gain}(Ip + m*(Ic - Ip))")
+            update = self._mask(layer, group, channel, ns, source if drives is None else None, conv_src, pool_src)
         else:
             update = f"Ic = {conv_src}\nv = {dyn.leak} + {dyn.gain}Ic"
         self.schedule(group.run_regularly(update, when="groups", name=f"{name}_update"))
         monitor = self.mask_group(layer, group, channel, plasticity) if flex else None
         self.schedule(group.thresholder["spike"], group.resetter["spike"])
         return group, monitor
+
+    def _mask(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, ns: dict, source, conv_src: str,
+              pool_src: str) -> str:
+        """Pool path (from ``source`` spikes, unless analog), mask parameters; returns the update code."""
+        a, name, dyn = self.export.arrays, layer.name, self.dyn
+        if source is not None:
+            relay = self.relay(f"{name}_or", source, layer)
+            conn = channel_map_connections(a[f"{name}.pool_map"], layer.out_size)
+            self.synapses(f"{name}_pool", relay, group, conn, "acc_p")
+        group.thr = a[f"{name}.threshold"].ravel()
+        group.lscale = a[f"{name}.logit_scale"][channel]
+        group.lshift = a[f"{name}.logit_shift"][channel]
+        ns["eta"] = TimedArray(np.tile(a[f"{name}.eta"], (self.n_images, 1)), dt=self.timing.substeps * self.timing.dt)
+        sigma = (equations.HARD_SIGMOID_EXPR if self.export.model["mask_sigma"] == "hard"
+                 else equations.LOGISTIC_EXPR).format(z="z")
+        return (f"Ic = {conv_src}\nIp = {pool_src}\nz = lscale*(Ip - thr) + lshift + (eta(t, ch) + b)\n"
+                f"m = {sigma}\nv = {dyn.leak} + {dyn.gain}(Ip + m*(Ic - Ip))")
 
     def mask_group(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, plasticity: bool) -> StateMonitor:
         """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri."""

@@ -29,7 +29,7 @@ class StagePlan(NamedTuple):
     substeps: tuple[int, ...]  # biophysical dt = step / K for each K
 
 
-PLANS = {"smoke": StagePlan(8, 4, (1, 4)), "quick": StagePlan(100, 20, (1, 4, 16)),
+PLANS = {"smoke": StagePlan(8, 4, (1, 4)), "quick": StagePlan(100, 50, (1, 4, 16)),
          "paper": StagePlan(200, 50, (1, 4, 16))}
 
 

@@ -96,9 +96,8 @@ def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> t
         tick = np.rint(np.asarray(mon.t) / dt).astype(np.int64)
         # a spike found at tick k crossed threshold during [k dt, (k+1) dt): count it at the tick's end
         latency[layer.name] = float(np.mean(tick % (steps * k) + 1) * dt) if tick.size else float("nan")
-        frame = tick // k
         dense = np.zeros((n_images * steps, layer.n_out), dtype=bool)
-        dense[frame, np.asarray(mon.i)] = True
+        dense[tick // k, np.asarray(mon.i)] = True  # row: (image, step)
         spikes[layer.name] = dense.reshape(n_images, steps, layer.c_out, *layer.out_size)
     masks = {}
     for name, mon in net.masks.items():
