@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 export BIOFLEXNET_DATA_DIR := $(abspath $(DATA))
 
-.PHONY: demo test test-all install data clean
+.PHONY: demo test test-all test-cuda install data clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
@@ -39,6 +39,12 @@ test: $(STAMP) data
 
 test-all: $(STAMP) data
 	$(PY) -m pytest -q -m "not gpu"
+
+# brian2cuda (GPL-3.0, optional; pins brian2 2.8 on Python 3.11) and the full CUDA build of a small
+# network: ~10 min of nvcc on 2 cores, so not part of `make test`; runs the project too where a GPU is.
+test-cuda: $(STAMP) data
+	$(PY) -m pip install -q -e ".[cuda]"
+	$(PY) -m pytest -q -m nvcc tests/test_sim_devices.py
 
 clean:
 	rm -rf runs .pytest_cache

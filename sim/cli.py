@@ -1,0 +1,102 @@
+"""``bioflexnet sim``: simulate an exported run in Brian2 and check it against PyTorch.
+
+This module is imported by ``training.cli`` to register the command; it
+imports Brian2 only when the command runs, and never torch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
+RESULT_FILE = "sim.nc"
+
+
+def export_path(target: Path) -> Path:
+    """The export of a run directory, or ``target`` itself if it is a file."""
+    return target if target.suffix == ".npz" else target / EXPORT_FILE
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim", help="simulate an exported run in Brian2 and compare it with PyTorch",
+                       description="Build a Brian2 network of LIF neurons from RUN_DIR/export.npz (write it with "
+                                   "`bioflexnet export RUN_DIR`), present the export's reference test images and "
+                                   "write spikes, mask trajectories and fidelity figures to OUT/sim.nc.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory holding export.npz, or an .npz file")
+    p.add_argument("--device", choices=["runtime", "cpp_standalone", "cuda_standalone"], default="runtime")
+    p.add_argument("--mode", choices=["exact", "biophysical"], default="exact",
+                   help="exact: one tick per PyTorch step, the same discrete update; biophysical: continuous-time "
+                        "LIF in physical units")
+    p.add_argument("--images", type=int, default=None,
+                   help="reference images to simulate, the first N of the export's (default: all of them)")
+    p.add_argument("--plasticity", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the online mask plasticity (default off: the fidelity check needs it off)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/sim)")
+    p.add_argument("--substeps", type=int, default=None,
+                   help="biophysical mode: ticks per PyTorch step, dt = step / substeps (default 10)")
+    p.add_argument("--tau-m-ms", type=float, default=10.0, help="biophysical mode: membrane time constant (ms)")
+    p.add_argument("--refractory-ms", type=float, default=None,
+                   help="biophysical mode: absolute refractory period (ms; default one step)")
+    p.add_argument("--build-dir", type=Path, default=None,
+                   help="standalone devices: project directory (default OUT/build_DEVICE)")
+    p.add_argument("--build-only", action="store_true", help="standalone devices: generate and compile, do not run")
+    p.add_argument("--fresh-poisson", action="store_true",
+                   help="Poisson-encoded runs: draw new input spikes (default: replay the reference's, exactly)")
+    p.add_argument("--seed", type=int, default=0, help="seed of Brian2's random numbers (--fresh-poisson)")
+    p.add_argument("--no-spikes", dest="keep_spikes", action="store_false",
+                   help="leave the full spike arrays out of sim.nc (the fidelity figures are kept)")
+    p.set_defaults(func=cmd_sim)
+
+
+def cmd_sim(args: argparse.Namespace) -> None:
+    import warnings
+
+    # brian2 imports setuptools' MSVC helper, which warns on every Linux run; not actionable for users
+    warnings.filterwarnings("ignore", message="_get_vc_env is private", category=UserWarning)
+    from sim.devices import DeviceError
+    from sim.results import to_dataset
+    from sim.simulate import SimError, SimOptions, simulate
+    from training.cli import CLIError
+    from training.export_format import ExportError, read_export
+    from training.results import write_dataset
+
+    out = args.out or (args.run_dir.parent if args.run_dir.suffix == ".npz" else args.run_dir) / "sim"
+    substeps = args.substeps if args.substeps is not None else (10 if args.mode == "biophysical" else 1)
+    options = SimOptions(n_images=args.images or 0, mode=args.mode, device=args.device, plasticity=args.plasticity,
+                         substeps=substeps, tau_m_ms=args.tau_m_ms, refractory_ms=args.refractory_ms,
+                         build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only,
+                         fresh_poisson=args.fresh_poisson, seed=args.seed)
+    try:
+        export = read_export(export_path(args.run_dir))
+        if args.images is None:
+            options = dataclasses.replace(options, n_images=export.n_reference)
+        result = simulate(export, options)
+    except (ExportError, SimError, DeviceError) as exc:
+        raise CLIError(str(exc)) from exc
+    if result is None:
+        print(f"{args.device}: project generated and compiled in {options.build_dir} (--build-only; not run).")
+        return
+    ds = to_dataset(result, export, options, keep_spikes=args.keep_spikes)
+    write_dataset(ds, out / RESULT_FILE)
+    print(summary(ds, export.header))
+    print(f"written to {out / RESULT_FILE}")
+
+
+def summary(ds, header: dict) -> str:
+    """A few lines: per-layer spike agreement, class agreement, accuracy and wall time."""
+    m = header["model"]
+    variant = f"{'flex' if m.get('flex') else 'vgg'}-{m.get('mode')} ({m.get('arch')}, T={m['steps']})"
+    lines = [f"{variant}: {ds.attrs['mode']} mode on {ds.attrs['device']}, {ds.attrs['n_images']} images, "
+             f"plasticity {'on' if ds.attrs['plasticity'] == 'True' else 'off'}, dt = {ds.attrs['dt_ms']:.4g} ms",
+             f"{'layer':<8} {'agreement':>10} {'mismatches':>11} {'rate':>7} {'ref rate':>9}"]
+    for i, layer in enumerate(ds.layer.values):
+        lines.append(f"{layer:<8} {float(ds.spike_agreement[i]):10.6f} {int(ds.spike_mismatches[i]):11d} "
+                     f"{float(ds.firing_rate[i]):7.4f} {float(ds.reference_firing_rate[i]):9.4f}")
+    lines.append(f"class agreement: {float(ds.class_agreement):.4f} with the float64 PyTorch export, "
+                 f"{float(ds.class_agreement_model):.4f} with the trained float32 model")
+    lines.append(f"accuracy on these images: Brian2 {float(ds.accuracy):.4f}, PyTorch {float(ds.reference_accuracy):.4f}")
+    lines.append(f"wall time: network build {ds.attrs['timing_build_network_s']:.1f} s, simulation "
+                 f"{ds.attrs['timing_simulate_s']:.2f} s ({ds.attrs['timing_simulate_per_image_s'] * 1e3:.1f} ms "
+                 "per image)" + (f", compile {ds.attrs['timing_build_s']:.1f} s" if "timing_build_s" in ds.attrs else ""))
+    return "\n".join(lines)

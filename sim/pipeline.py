@@ -1,0 +1,127 @@
+"""The simulation stage of ``bioflexnet reproduce``: export, simulate, summarise.
+
+For the spiking variants in :data:`VARIANTS` and every seed: export the run
+(``bioflexnet export``, in a subprocess because this package never imports
+torch), simulate it in ``exact`` mode on the profile's number of reference
+images, and in ``biophysical`` mode for a few ``dt`` on fewer images.
+Results go to ``RUN_DIR/sim/exact/sim.nc`` and ``RUN_DIR/sim/biophysical_k{K}/sim.nc``;
+``ROOT/sim_summary.nc`` collects the fidelity figures of all runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import xarray as xr
+
+VARIANTS = ("flex-stbp", "vgg-stbp")
+SUMMARY = "sim_summary.nc"
+
+
+class StagePlan(NamedTuple):
+    images: int  # reference images exported and simulated in exact mode
+    bio_images: int  # images per biophysical run
+    substeps: tuple[int, ...]  # biophysical dt = step / K for each K
+
+
+PLANS = {"smoke": StagePlan(8, 4, (1, 4)), "quick": StagePlan(100, 50, (1, 4, 16)),
+         "paper": StagePlan(200, 50, (1, 4, 16))}
+
+
+def _brian_device(torch_device: str) -> str:
+    """cuda_standalone where a GPU and brian2cuda are there, else the runtime device."""
+    from sim.devices import gpu_available
+
+    if str(torch_device).startswith("cuda") and importlib.util.find_spec("brian2cuda") and gpu_available():
+        return "cuda_standalone"
+    return "runtime"
+
+
+def export(run_dir: Path, images: int, data_dir: Path | None) -> Path:
+    """Run ``bioflexnet export`` in a subprocess (torch stays out of this process)."""
+    cmd = [sys.executable, "-m", "training.cli", "export", str(run_dir), "--images", str(images)]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"export of {run_dir} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return Path(run_dir) / "export.npz"
+
+
+def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: str) -> dict[str, xr.Dataset]:
+    """Export one run and simulate it; returns ``{"exact": ds, "biophysical_k4": ds, ...}``."""
+    from sim.results import to_dataset
+    from sim.simulate import SimOptions, simulate
+    from training.export_format import read_export
+    from training.results import write_dataset
+
+    ex = read_export(export(run_dir, plan.images, data_dir))
+    jobs = {"exact": SimOptions(n_images=plan.images, device=device)}
+    if 0.0 < ex.model["beta"] < 1.0:
+        for k in plan.substeps:
+            jobs[f"biophysical_k{k}"] = SimOptions(n_images=plan.bio_images, mode="biophysical", substeps=k,
+                                                   device=device)
+    out = {}
+    for name, options in jobs.items():
+        folder = Path(run_dir) / "sim" / name
+        options = dataclasses.replace(options, build_dir=folder / f"build_{device}")
+        ds = to_dataset(simulate(ex, options), ex, options, keep_spikes=name == "exact")
+        write_dataset(ds, folder / "sim.nc")
+        out[name] = ds
+    return out
+
+
+def summarise(results: dict[tuple[str, int], dict[str, xr.Dataset]]) -> xr.Dataset:
+    """Class agreement per run and simulation, and the exact-mode spike agreement per layer."""
+    runs = list(results)
+    sims = list(dict.fromkeys(name for r in results.values() for name in r))
+    agree = np.full((len(runs), len(sims)), np.nan)
+    for i, run in enumerate(runs):
+        for j, name in enumerate(sims):
+            if name in results[run]:
+                agree[i, j] = float(results[run][name].class_agreement)
+    layers = list(dict.fromkeys(la for r in results.values() for la in r["exact"].layer.values))
+    spikes = np.full((len(runs), len(layers)), np.nan)
+    for i, run in enumerate(runs):
+        ds = results[run]["exact"]
+        for layer, value in zip(ds.layer.values, ds.spike_agreement.values):
+            spikes[i, layers.index(layer)] = value
+    from training.results import provenance
+
+    return xr.Dataset(
+        {"class_agreement": (("run", "simulation"), agree, {"long_name": "fraction of images classified as by the "
+                                                                         "float64 PyTorch reference", "units": "1"}),
+         "spike_agreement": (("run", "layer"), spikes, {"long_name": "exact-mode spike agreement", "units": "1"})},
+        coords={"run": [f"{v}/seed{s}" for v, s in runs], "simulation": sims, "layer": layers},
+        attrs=provenance())
+
+
+def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str, data_dir: Path | None = None,
+              device: str = "cpu") -> None:
+    """Simulate the spiking runs of a reproduction and write ``ROOT/sim_summary.nc``."""
+    from training.results import write_dataset
+
+    plan = PLANS.get(profile, PLANS["quick"])
+    brian_device = _brian_device(device)
+    results = {}
+    for (variant, seed), run_dir in sorted(run_dirs.items()):
+        if variant not in VARIANTS:
+            continue
+        print(f"simulating {variant} seed {seed} in Brian2 ({brian_device}) ...", flush=True)
+        results[(variant, seed)] = simulate_run(run_dir, plan, data_dir, brian_device)
+    if not results:
+        return
+    summary = summarise(results)
+    write_dataset(summary, Path(root) / SUMMARY)
+    print(f"\nBrian2 fidelity (class agreement with PyTorch; exact mode on {plan.images} images, biophysical on "
+          f"{plan.bio_images}):")
+    print(f"{'run':<18}" + "".join(f"{s:>17}" for s in summary.simulation.values))
+    for run in summary.run.values:
+        print(f"{run:<18}" + "".join(f"{v:17.3f}" for v in summary.class_agreement.sel(run=run).values))
+    low = float(summary.spike_agreement.min())
+    print(f"exact-mode spike agreement, lowest over runs and layers: {low:.6f} (written to {root / SUMMARY})")

@@ -1,0 +1,133 @@
+"""Simulate an export in Brian2 and collect spikes, masks and read-out as arrays.
+
+:func:`simulate` is the entry point that chooses the device; it returns a
+:class:`SimResult` of plain numpy arrays, which :mod:`sim.results` compares
+with the export's PyTorch reference and turns into an xarray Dataset.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import brian2
+import numpy as np
+from brian2 import mV, ms
+
+from sim.biophysics import discrete_to_biophysical
+from sim.devices import DEVICES, device_session
+from sim.network import SimNetwork, Timing, build_network
+from training.export_format import Export
+
+MODES = ("exact", "biophysical")
+
+
+class SimError(ValueError):
+    """The requested simulation does not fit the export or the options (a user error)."""
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """What to simulate and how (physical values in ms / mV)."""
+
+    n_images: int
+    mode: str = "exact"
+    device: str = "runtime"
+    plasticity: bool = False
+    substeps: int = 1  # ticks per discrete step (biophysical mode; exact mode is 1)
+    tau_m_ms: float = 10.0
+    v_rest_mv: float = -65.0
+    v_threshold_mv: float = -50.0
+    refractory_ms: float | None = None  # None: one step
+    build_dir: Path | None = None
+    build_only: bool = False
+    fresh_poisson: bool = False  # Poisson exports: new input spikes instead of the reference's
+    seed: int = 0  # Brian2's random numbers (fresh Poisson input)
+
+
+class SimResult(NamedTuple):
+    spikes: dict[str, np.ndarray]  # neuron layer -> bool [N, T, C, H, W] (fired during that step)
+    masks: dict[str, dict[str, np.ndarray]]  # flex layer -> {mbar, b, rs, ri: [N, T*K, C]}
+    logits: np.ndarray  # [N, classes] read-out at the end of each image
+    latency: dict[str, float]  # neuron layer -> mean time of its spikes after image onset (s, tick ends)
+    timing: Timing
+    timings: dict[str, float]  # seconds
+
+
+def make_timing(export: Export, options: SimOptions) -> Timing:
+    """Ticks per step and physical parameters of a mode (raises :class:`SimError` for impossible choices)."""
+    if options.mode not in MODES:
+        raise SimError(f"mode {options.mode!r} is not one of {MODES}.")
+    if options.substeps < 1:
+        raise SimError(f"substeps={options.substeps} must be >= 1.")
+    if options.mode == "exact":
+        if options.substeps != 1:
+            raise SimError("exact mode runs one tick per PyTorch step; --substeps is for the biophysical mode.")
+        return Timing("exact", 1, None)
+    try:
+        bio = discrete_to_biophysical(export.model["beta"], export.model["theta"], options.tau_m_ms * ms,
+                                      options.v_rest_mv * mV, options.v_threshold_mv * mV,
+                                      None if options.refractory_ms is None else options.refractory_ms * ms)
+    except ValueError as exc:
+        raise SimError(str(exc)) from exc
+    return Timing("biophysical", options.substeps, bio)
+
+
+def check_options(export: Export, options: SimOptions) -> Timing:
+    """Validate everything that can be checked before Brian2 starts."""
+    if options.device not in DEVICES:
+        raise SimError(f"device {options.device!r} is not one of {DEVICES}.")
+    if not 1 <= options.n_images <= export.n_reference:
+        raise SimError(f"--images={options.n_images}: the export holds {export.n_reference} reference images; "
+                       f"ask for 1..{export.n_reference}, or export again with `bioflexnet export RUN_DIR --images N`.")
+    if options.fresh_poisson and export.model["encoding"] != "poisson":
+        raise SimError("--fresh-poisson needs a Poisson-encoded export; this one feeds the image as a current.")
+    return make_timing(export, options)
+
+
+def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> tuple[dict, dict, np.ndarray, dict]:
+    """Monitors -> dense arrays (image-major, then step / tick)."""
+    steps, k = export.steps, timing.substeps
+    dt = float(timing.dt)
+    spikes, latency = {}, {}
+    for layer in export.neuron_layers:
+        mon = net.spikes[layer.name]
+        tick = np.rint(np.asarray(mon.t) / dt).astype(np.int64)
+        # a spike found at tick k crossed threshold during [k dt, (k+1) dt): count it at the tick's end
+        latency[layer.name] = float(np.mean(tick % (steps * k) + 1) * dt) if tick.size else float("nan")
+        dense = np.zeros((n_images * steps, layer.n_out), dtype=bool)
+        dense[tick // k, np.asarray(mon.i)] = True  # row: (image, step)
+        spikes[layer.name] = dense.reshape(n_images, steps, layer.c_out, *layer.out_size)
+    masks = {}
+    for name, mon in net.masks.items():
+        masks[name] = {var: np.asarray(getattr(mon, var)).T.reshape(n_images, steps * k, -1)
+                       for var in ("mbar", "b", "rs", "ri")}
+    readout = np.asarray(net.readout.y).T  # [ticks, classes]
+    logits = readout[steps * k - 1::steps * k]
+    return spikes, masks, logits, latency
+
+
+def simulate(export: Export, options: SimOptions) -> SimResult | None:
+    """Build and run the network on ``options.device``; ``None`` if the project was only built.
+
+    Raises
+    ------
+    SimError
+        For options that do not fit the export.
+    sim.devices.DeviceError
+        If the device cannot be used here (``NoGPUError`` after a CUDA build without a GPU).
+    """
+    timing = check_options(export, options)
+    images = export.arrays["ref.images"][:options.n_images]
+    with device_session(options.device, options.build_dir, options.build_only) as session:
+        brian2.seed(options.seed)
+        t0 = time.perf_counter()
+        net = build_network(export, images, timing, options.plasticity, options.fresh_poisson)
+        build_s = time.perf_counter() - t0
+        if not session.run(net.network, net.duration):
+            return None
+        spikes, masks, logits, latency = collect(net, export, options.n_images, timing)
+        timings = {"build_network_s": build_s, **session.timings}
+    timings["simulate_per_image_s"] = timings["simulate_s"] / options.n_images
+    return SimResult(spikes, masks, logits, latency, timing, timings)

@@ -1,0 +1,275 @@
+"""The export file: a trained network as plain arrays, readable without torch.
+
+``bioflexnet export`` (:mod:`training.export`) writes it; ``sim/`` reads it.
+One ``.npz`` archive (zip, numpy's format, loaded with ``allow_pickle=False``)
+holds a JSON header (array ``header``, a unicode string) and float64 / integer
+arrays named ``<owner>.<field>``:
+
+======================  ===============================  =========================================
+array                   shape                            meaning
+======================  ===============================  =========================================
+``input.mean/std``      ``[3]``                          normalisation ``(pixel/255 - mean) / std``
+``L.weight``            ``[C_out, C_in, k, k]``          conv weights with the conv path's BN folded in
+``L.bias``              ``[C_out]``                      bias current of the conv path (folded BN)
+``L.pool_map``          ``[C_out, C_in]``                channel map ``P`` of the pool path (flex)
+``L.threshold``         ``[C_out, H', W']``              mask threshold tensor (flex)
+``L.logit_scale/shift`` ``[C_out]``                      logit BN folded: ``logits = scale*(pool - thr) + shift``
+``L.eta``               ``[T, C_out]``                   mask time bias ``eta(t)`` (flex)
+``L.plastic_bias``      ``[C_out]``                      plastic mask bias ``b`` at export time (flex)
+``readout.weight/bias`` ``[classes, C*H*W]``, ``[classes]`` linear read-out on the NCHW-flattened last map
+``ref.images``          ``[N, 3, 32, 32]`` uint8         reference images (first N of the test split)
+``ref.labels``          ``[N]`` int64                    their labels
+``ref.logits``          ``[N, classes]``                 float64 PyTorch forward of *this* export
+``ref.model_logits``    ``[N, classes]``                 the trained float32 model's own output
+``ref.spikes.L``        ``[N, T, ceil(C*H*W/8)]`` uint8  reference spikes, ``np.packbits`` over NCHW neurons
+``ref.input_spikes``    ``[N, T, 384]`` uint8            Poisson encoding only: the input spikes drawn
+                                                         for the reference (packed ``[3, 32, 32]``)
+``ref.mask_mean.L``     ``[N, T, C_out]``                mask ``m`` averaged over positions (flex)
+``ref.r_sel.L/r_inv.L`` ``[N, C_out]``                   pathway drives per image (flex; see equations)
+======================  ===============================  =========================================
+
+Layer ``kind`` is ``flex`` (PlasticFlexLayer + LIF), ``conv`` (conv + BN + LIF)
+or ``pool`` (max-pool of spikes, no neurons; baseline VGG). Every array is
+checked against the shapes the header implies when the file is read, so a
+malformed, truncated or newer file fails with an :class:`ExportError` that
+names the problem. This module is torch-free.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from training.results import atomic_path
+
+FORMAT_NAME = "bioflexnet-export"
+FORMAT_VERSION = 1
+KINDS = ("flex", "conv", "pool")
+RESETS = ("subtract", "zero")
+SIGMAS = ("hard", "logistic")
+ENCODINGS = ("direct", "poisson")
+
+
+class ExportError(ValueError):
+    """An export file is missing, truncated, malformed or from a newer version."""
+
+
+class LayerSpec(NamedTuple):
+    """One stage of the network; sizes are ``(H, W)``."""
+
+    name: str
+    kind: str
+    c_in: int
+    c_out: int
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    kernel: int
+    stride: int
+    padding: int
+
+    @property
+    def neurons(self) -> bool:
+        return self.kind != "pool"
+
+    @property
+    def n_out(self) -> int:
+        return self.c_out * self.out_size[0] * self.out_size[1]
+
+    @property
+    def n_in(self) -> int:
+        return self.c_in * self.in_size[0] * self.in_size[1]
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a conv / max-pool along one axis (PyTorch's floor rule)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class Export:
+    """A loaded export: the header dict and the arrays, validated."""
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    path: Path | None = None
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.header["model"]
+
+    @property
+    def steps(self) -> int:
+        return int(self.model["steps"])
+
+    @property
+    def layers(self) -> list[LayerSpec]:
+        return [LayerSpec(d["name"], d["kind"], d["c_in"], d["c_out"], tuple(d["in_size"]), tuple(d["out_size"]),
+                          d["kernel"], d["stride"], d["padding"]) for d in self.header["layers"]]
+
+    @property
+    def neuron_layers(self) -> list[LayerSpec]:
+        return [layer for layer in self.layers if layer.neurons]
+
+    @property
+    def n_reference(self) -> int:
+        return int(self.arrays["ref.labels"].shape[0])
+
+    def reference_spikes(self, name: str, n_images: int | None = None) -> np.ndarray:
+        """Unpacked reference spikes of neuron layer ``name``: bool ``[N, T, C, H, W]``.
+
+        ``name="input"`` gives the Poisson input spikes ``[N, T, 3, 32, 32]``.
+        """
+        if name == "input":
+            packed, shape = self.arrays["ref.input_spikes"][:n_images], (3, 32, 32)
+        else:
+            layer = next(la for la in self.layers if la.name == name)
+            packed, shape = self.arrays[f"ref.spikes.{name}"][:n_images], (layer.c_out, *layer.out_size)
+        bits = np.unpackbits(packed, axis=-1, count=int(np.prod(shape))).astype(bool)
+        return bits.reshape(*packed.shape[:2], *shape)
+
+
+def pack_spikes(spikes: np.ndarray) -> np.ndarray:
+    """``[N, T, C, H, W]`` 0/1 -> ``[N, T, ceil(C*H*W / 8)]`` uint8 (NCHW neuron order)."""
+    return np.packbits(np.asarray(spikes, dtype=bool).reshape(*spikes.shape[:2], -1), axis=-1)
+
+
+def write_export(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Validate and write an export atomically (no half-written file on failure)."""
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
+    export = validate(header, arrays, source="the export being written")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz" to the temp name
+            np.savez_compressed(f, header=np.array(json.dumps(header, sort_keys=True)), **export.arrays)
+    return path
+
+
+def read_export(path: str | os.PathLike) -> Export:
+    """Read and validate an export; raise :class:`ExportError` saying what is wrong otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"export file {path} does not exist; create it with `bioflexnet export RUN_DIR`.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}  # read everything now: CRCs are checked here
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"{path} is truncated or not an export archive ({type(exc).__name__}: {exc}); "
+                          "export the run again with `bioflexnet export RUN_DIR`.") from exc
+    if "header" not in arrays:
+        raise ExportError(f"{path} has no header array; it is not a bioflexnet export.")
+    try:
+        header = json.loads(str(arrays.pop("header")))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: the header is not valid JSON ({exc}); export the run again.") from exc
+    export = validate(header, arrays, source=str(path))
+    return Export(export.header, export.arrays, path)
+
+
+def validate(header: Any, arrays: dict[str, np.ndarray], source: str) -> Export:
+    """Check the header and every array's presence, shape, dtype and finiteness."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise ExportError(f"{source}: header format is {header.get('format') if isinstance(header, dict) else header!r},"
+                          f" expected {FORMAT_NAME!r}; this is not a bioflexnet export.")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ExportError(f"{source}: format_version={version!r} is not a positive integer.")
+    if version > FORMAT_VERSION:
+        raise ExportError(f"{source} has export format version {version}, newer than this bioflexnet reads "
+                          f"({FORMAT_VERSION}); upgrade bioflexnet or export again with this version.")
+    _check_header(header, source)
+    expected = expected_arrays(header, n_ref=_n_reference(arrays, source))
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        raise ExportError(f"{source} lacks the arrays {missing}; the file is incomplete, export the run again.")
+    for name, (shape, kind) in expected.items():
+        arr = arrays[name]
+        if tuple(arr.shape) != shape:
+            raise ExportError(f"{source}: array {name} has shape {tuple(arr.shape)}, the header implies {shape}.")
+        if arr.dtype.kind not in kind:
+            raise ExportError(f"{source}: array {name} has dtype {arr.dtype}, expected kind {kind!r}.")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ExportError(f"{source}: array {name} holds NaN or infinite values; the run diverged or the "
+                              "file is corrupt.")
+    unknown = sorted(set(arrays) - set(expected))
+    if unknown:
+        raise ExportError(f"{source} holds unexpected arrays {unknown}; it was written by another version.")
+    return Export(header, {k: np.asarray(arrays[k]) for k in expected})
+
+
+def _n_reference(arrays: dict[str, np.ndarray], source: str) -> int:
+    labels = arrays.get("ref.labels")
+    if labels is None or labels.ndim != 1:
+        raise ExportError(f"{source} lacks the 1-d array ref.labels (reference images); export the run again.")
+    return int(labels.shape[0])
+
+
+def _require(ok: bool, source: str, what: str) -> None:
+    if not ok:
+        raise ExportError(f"{source}: malformed header: {what}.")
+
+
+def _check_header(header: dict[str, Any], source: str) -> None:
+    model = header.get("model")
+    _require(isinstance(model, dict), source, "no 'model' object")
+    for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "num_classes"):
+        _require(key in model, source, f"model.{key} is missing")
+    _require(isinstance(model["steps"], int) and model["steps"] >= 1, source, f"model.steps={model['steps']!r}")
+    _require(0.0 <= model["beta"] <= 1.0, source, f"model.beta={model['beta']!r} is not in [0, 1]")
+    _require(model["theta"] > 0, source, f"model.theta={model['theta']!r} is not > 0")
+    _require(model["reset"] in RESETS, source, f"model.reset={model['reset']!r} is not one of {RESETS}")
+    _require(model["mask_sigma"] in SIGMAS, source, f"model.mask_sigma={model['mask_sigma']!r} not in {SIGMAS}")
+    _require(model["encoding"] in ENCODINGS, source, f"model.encoding={model['encoding']!r} not in {ENCODINGS}")
+    _require(model["encoding"] != "poisson" or isinstance(header.get("reference", {}).get("input_seed"), int),
+             source, "a Poisson-encoded export needs reference.input_seed")
+    layers = header.get("layers")
+    _require(isinstance(layers, list) and len(layers) > 0, source, "no 'layers' list")
+    c, size = 3, [32, 32]
+    for i, d in enumerate(layers):
+        keys = ("name", "kind", "c_in", "c_out", "in_size", "out_size", "kernel", "stride", "padding")
+        _require(isinstance(d, dict) and all(k in d for k in keys), source, f"layer {i} lacks one of {keys}")
+        _require(d["kind"] in KINDS, source, f"layer {d['name']!r} has kind {d['kind']!r}, not one of {KINDS}")
+        _require(d["c_in"] == c and list(d["in_size"]) == size, source,
+                 f"layer {d['name']!r} takes {d['c_in']}x{d['in_size']} but the previous stage gives {c}x{size}")
+        want = [out_size(s, d["kernel"], d["stride"], d["padding"]) for s in size]
+        _require(list(d["out_size"]) == want, source, f"layer {d['name']!r} out_size {d['out_size']} != {want}")
+        _require(d["kind"] != "pool" or d["c_out"] == d["c_in"], source, f"pool layer {d['name']!r} changes channels")
+        c, size = d["c_out"], want
+    _require(layers[0]["kind"] != "pool", source, "the first stage must have neurons (it receives the image)")
+    readout = header.get("readout")
+    _require(isinstance(readout, dict) and readout.get("features") == c * size[0] * size[1], source,
+             f"readout.features must equal the last map's size {c * size[0] * size[1]}")
+
+
+def expected_arrays(header: dict[str, Any], n_ref: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype kinds)}`` of every array the header implies."""
+    model, steps = header["model"], header["model"]["steps"]
+    classes = model["num_classes"]
+    out = {"input.mean": ((3,), "f"), "input.std": ((3,), "f"),
+           "readout.weight": ((classes, header["readout"]["features"]), "f"), "readout.bias": ((classes,), "f"),
+           "ref.images": ((n_ref, 3, 32, 32), "u"), "ref.labels": ((n_ref,), "iu"),
+           "ref.logits": ((n_ref, classes), "f"), "ref.model_logits": ((n_ref, classes), "f")}
+    if model["encoding"] == "poisson":
+        out["ref.input_spikes"] = ((n_ref, steps, 3 * 32 * 32 // 8), "u")
+    for d in header["layers"]:
+        name, c_in, c_out, k = d["name"], d["c_in"], d["c_out"], d["kernel"]
+        n_out = c_out * d["out_size"][0] * d["out_size"][1]
+        if d["kind"] == "pool":
+            continue
+        out[f"{name}.weight"] = ((c_out, c_in, k, k), "f")
+        out[f"{name}.bias"] = ((c_out,), "f")
+        out[f"ref.spikes.{name}"] = ((n_ref, steps, (n_out + 7) // 8), "u")
+        if d["kind"] == "flex":
+            out[f"{name}.pool_map"] = ((c_out, c_in), "f")
+            out[f"{name}.threshold"] = ((c_out, *d["out_size"]), "f")
+            for field in ("logit_scale", "logit_shift", "plastic_bias"):
+                out[f"{name}.{field}"] = ((c_out,), "f")
+            out[f"{name}.eta"] = ((steps, c_out), "f")
+            out[f"ref.mask_mean.{name}"] = ((n_ref, steps, c_out), "f")
+            out[f"ref.r_sel.{name}"] = ((n_ref, c_out), "f")
+            out[f"ref.r_inv.{name}"] = ((n_ref, c_out), "f")
+    return out
