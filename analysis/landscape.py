@@ -90,22 +90,21 @@ def _normalise(v: Vector) -> tuple[Vector, float]:
 
 
 def power_iteration(hvp: Callable[[Vector], Vector], like: Vector, iterations: int, tolerance: float,
-                    generator: torch.Generator) -> tuple[float, int]:
-    """Largest-magnitude eigenvalue of the operator ``hvp`` (Rayleigh quotient), and the iterations used.
+                    generator: torch.Generator) -> list[float]:
+    """Estimates of the largest-magnitude eigenvalue of ``hvp`` (Rayleigh quotients), one per iteration.
 
-    Stops when the estimate changes by less than ``tolerance`` relative to its size.
+    Stops when the estimate changes by less than ``tolerance`` relative to its size; the last
+    estimate is the result, the sequence shows how well it converged.
     """
     v, _ = _normalise([torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in like])
-    eigenvalue = float("nan")
-    for it in range(1, iterations + 1):
+    estimates: list[float] = []
+    for _ in range(iterations):
         hv = hvp(v)
-        estimate = float(_dot(v, hv))
+        estimates.append(float(_dot(v, hv)))
         v, norm = _normalise(hv)
-        converged = abs(estimate - eigenvalue) <= tolerance * abs(estimate)
-        eigenvalue = estimate
-        if norm == 0 or converged:
-            return eigenvalue, it
-    return eigenvalue, iterations
+        if norm == 0 or (len(estimates) > 1 and abs(estimates[-1] - estimates[-2]) <= tolerance * abs(estimates[-1])):
+            break
+    return estimates
 
 
 def model_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -146,22 +145,29 @@ def landscape(model: nn.Module, split: Split, settings: LandscapeSettings,
     coords = settings.coordinates()
     loss, acc = loss_surface(model, x, y, d1, d2, coords, settings.batch_size)
     grad_model, gradient = gradient_model(model, settings.gradient)
-    eigen, iters, asym = float("nan"), 0, float("nan")
+    estimates, asym = [], float("nan")
     if settings.hessian_iterations:
         hvp, params = model_hvp(grad_model, x, y, settings.batch_size)
-        eigen, iters = power_iteration(hvp, params, settings.hessian_iterations, settings.hessian_tolerance, gen)
+        estimates = power_iteration(hvp, params, settings.hessian_iterations, settings.hessian_tolerance, gen)
         asym = asymmetry(hvp, params, gen)
+    trace = np.full(settings.hessian_iterations, np.nan)
+    trace[:len(estimates)] = estimates
     axis = {"long_name": "step along a filter-normalised random direction", "units": "1"}
     return xr.Dataset(
         {
             "loss": (("alpha", "beta"), loss, {"long_name": "mean cross-entropy on the fixed batch", "units": "nat"}),
             "accuracy": (("alpha", "beta"), acc, {"long_name": "top-1 accuracy on the fixed batch", "units": "1"}),
-            "hessian_top_eigenvalue": ((), eigen, {"long_name": "largest-magnitude eigenvalue of the (surrogate) "
-                                                                "Hessian of the mean cross-entropy", "units": "nat"}),
-            "hessian_iterations": ((), iters, {"long_name": "power iterations used", "units": "1"}),
+            "hessian_top_eigenvalue": ((), estimates[-1] if estimates else np.nan, {
+                "long_name": "largest-magnitude eigenvalue of the (surrogate) Hessian of the mean cross-entropy",
+                "units": "nat"}),
+            "hessian_iterations": ((), len(estimates), {"long_name": "power iterations used", "units": "1"}),
+            "hessian_estimates": ("iteration", trace, {"long_name": "eigenvalue estimate after each power iteration "
+                                                                    "(NaN after convergence)", "units": "nat"}),
             "hessian_asymmetry": ((), asym, {"long_name": "relative asymmetry of the (surrogate) Hessian", "units": "1"}),
         },
         coords={"alpha": ("alpha", coords, axis), "beta": ("beta", coords, axis),
+                "iteration": ("iteration", np.arange(1, settings.hessian_iterations + 1),
+                              {"long_name": "power iteration", "units": "1"}),
                 "sample": ("sample", index, {"long_name": "index of the image in the CIFAR-10 training split"})},
         attrs={**(attrs or {}), "gradient": gradient, "split": "train (no augmentation)",
                "directions": "Gaussian, filter-normalised per conv/linear filter (Li et al. 2018); zero for biases, "

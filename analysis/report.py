@@ -17,7 +17,8 @@ def robustness_lines(ds: xr.Dataset) -> list[str]:
     if "worst" in ds.attack.values:
         w = ds.sel(attack="worst")
         k = int(np.argmin(np.abs(w.epsilon.values - 8 / 255)))
-        lines.append(f"worst-case accuracy at eps={float(w.epsilon[k]):.4f}: {float(w.accuracy[k]):.3f} "
+        lines.append(f"worst-case accuracy at eps={float(w.epsilon[k]):.4f} (grid point nearest 8/255): "
+                     f"{float(w.accuracy[k]):.3f} "
                      f"(over {int(ds.worst_attacks[k])} attacks)")
     lines.append(f"sanity check: {ds.sanity_verdict.item()}")
     return lines

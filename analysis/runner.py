@@ -29,8 +29,12 @@ LANDSCAPE = "landscape.nc"
 
 
 def checkpoint_sha256(run_dir: str | os.PathLike) -> str:
+    """SHA-256 of a run's checkpoint: names exactly which weights a result was computed from."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {CHECKPOINT}; train the run first (bioflexnet train --out {run_dir}).")
     digest = hashlib.sha256()
-    with open(Path(run_dir) / CHECKPOINT, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

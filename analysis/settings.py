@@ -155,9 +155,9 @@ def _paper() -> AnalysisSettings:
 def _quick() -> AnalysisSettings:
     # A CPU budget of a few minutes for all six quick variants on 2 cores (measured in the README).
     return AnalysisSettings(
-        AttackSettings(n_images=200, batch_size=200, n_epsilons=5, pgd_steps=10, square_queries=100),
+        AttackSettings(n_images=128, batch_size=128, n_epsilons=5, pgd_steps=5, square_queries=50),
         SparsitySettings(n_images=500, batch_size=250, raster_images=4, raster_neurons=128),
-        LandscapeSettings(grid=11, n_images=256, batch_size=256, hessian_iterations=10),
+        LandscapeSettings(grid=9, n_images=128, batch_size=128, hessian_iterations=15),
     )
 
 
