@@ -84,7 +84,8 @@ def sweep(model: SpikingVGG, split: Split, settings: AttackSettings, *, twin: Sp
         x, y = to_float(split.images[sl]), split.labels[sl]
         with torch.no_grad():
             logits = model(x)
-            if grad_model is not model and not torch.equal(logits, grad_model(x)):
+            # bitwise equal on the CPU; a tolerance leaves room for GPU kernels picked per instance
+            if grad_model is not model and not torch.allclose(logits, grad_model(x), rtol=1e-4, atol=1e-5):
                 raise RuntimeError("the gradient model's forward pass differs from the attacked model's; "
                                    "its gradients would not belong to the attacked function.")
         clean[sl] = (logits.argmax(1) == y).cpu().numpy()

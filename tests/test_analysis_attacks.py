@@ -92,8 +92,9 @@ def test_fgsm_and_pgd_agree_with_art(analysis_runs, batch, which):
     for name in ours:
         ref = torch.from_numpy(theirs[name])
         differ = ((ours[name] - ref).abs() > 1e-5).float().mean().item()
-        assert differ < 0.01, f"{name} ({art.__version__}): {differ:.2%} of pixels differ from ART's"
-        assert abs(accuracy(model, ours[name], y) - accuracy(model, ref, y)) <= 2 / N
+        # identical on the reference machine; the slack allows another BLAS to round a few gradients to 0
+        assert differ < 0.001, f"{name} ({art.__version__}): {differ:.2%} of pixels differ from ART's"
+        assert abs(accuracy(model, ours[name], y) - accuracy(model, ref, y)) <= 1 / N
 
 
 def test_transfer_attack_from_the_ann_twin_hurts_the_snn(snn, ann, batch):
