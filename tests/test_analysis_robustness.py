@@ -67,7 +67,8 @@ def test_auc_is_the_unnormalised_trapezoid(result):
 
 def test_sanity_check_verdicts():
     falls = np.array([0.8, 0.4, 0.05])
-    assert sanity_check({"pgd": falls, "square": falls + 0.1}, 0.1, 0.05).passed
+    assert sanity_check({"pgd": falls, "square": falls + 0.1}, 0.1, 0.05).verdict == "pass"
+    assert "uninformative" in sanity_check({"pgd": np.array([0.12, 0.1])}, 0.1, 0.05).verdict
     stuck = sanity_check({"pgd": np.array([0.8, 0.7, 0.7])}, 0.1, 0.05)
     assert not stuck.passed and not stuck.reaches_chance and "near chance" in stuck.verdict
     rising = sanity_check({"pgd": np.array([0.8, 0.1, 0.3])}, 0.1, 0.05)
