@@ -157,7 +157,7 @@ def _quick() -> AnalysisSettings:
     return AnalysisSettings(
         AttackSettings(n_images=128, batch_size=128, n_epsilons=5, pgd_steps=5, square_queries=50),
         SparsitySettings(n_images=500, batch_size=250, raster_images=4, raster_neurons=128),
-        LandscapeSettings(grid=9, n_images=128, batch_size=128, hessian_iterations=15),
+        LandscapeSettings(grid=9, n_images=128, batch_size=128, hessian_iterations=25),
     )
 
 
