@@ -4,7 +4,7 @@ Definitions (also written into every result's attrs):
 
 * **accuracy** ``[attack, level]``: top-1 accuracy of the model on the
   adversarial images of that attack at ``epsilon[attack, level]``.
-* **AUC**: trapezoid rule of accuracy over ε, *not* normalised (units: ε);
+* **AUC**: trapezoid rule of accuracy over ε, *not* normalised (accuracy × ε);
   ``auc_normalised`` divides by the ε range, i.e. the mean accuracy over
   the sweep, comparable between attacks with different ranges.
 * **worst**: per image, correct only if it is correct clean *and* under every
@@ -30,7 +30,6 @@ from training.config import Encoding
 from training.data import Split, subset, to_float
 from training.models import SpikingVGG
 
-WHITE_BOX = ("fgsm", "pgd", "spgd")
 BLACK_BOX = ("transfer", "square")
 COMMON_GRID = ("pgd", "transfer", "square")  # attacks on the PGD grid: these define the worst case
 

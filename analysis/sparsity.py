@@ -165,6 +165,7 @@ def _raster(out: ModelOutput, chosen: dict[str, torch.Tensor], n_images: int) ->
 
 
 def _dataset(model, layers, spikes, ratio, neurons, counts, raster, chosen, n, index, settings, attrs) -> xr.Dataset:
+    """Per-image results from the sums :func:`sparsity` accumulated over ``n`` images."""
     all_layers = layers + [READOUT]
     steps = model.cfg.steps
     rate = np.full((len(all_layers), steps), np.nan)
