@@ -35,3 +35,22 @@ def write_fake_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 30, 
 @pytest.fixture
 def fake_cifar(tmp_path: Path) -> Path:
     return write_fake_cifar(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def analysis_runs(tmp_path_factory, cifar_dir) -> dict[str, Path]:
+    """Smoke runs for the analysis tests, trained once per session in the ``reproduce`` layout.
+
+    ``{"vgg-stbp": ROOT/vgg-stbp/seed0, "vgg-ann": ROOT/vgg-ann/seed0}``; the ANN run is the
+    other's twin for the transfer attack. Tests that write into a run directory copy it first.
+    """
+    from training.config import make_config
+    from training.trainer import train_run
+
+    root = tmp_path_factory.mktemp("analysis_runs")
+    runs = {}
+    for mode in ("stbp", "ann"):
+        cfg = make_config("smoke", mode=mode, flex=False)
+        runs[cfg.variant] = root / cfg.variant / "seed0"
+        train_run(cfg, runs[cfg.variant], data_dir=cifar_dir, progress=False)
+    return runs

@@ -89,8 +89,9 @@ class PlasticFlexLayer(nn.Module):
         return self.logit_bn(pool - self.threshold)
 
     def mask_fn(self, z: torch.Tensor) -> torch.Tensor:
-        # F.hardsigmoid is equations.hard_sigmoid in one fused kernel (tested equal).
-        return F.hardsigmoid(z) if self.sigma is MaskSigma.HARD else torch.sigmoid(z)
+        # equations.hard_sigmoid, not the fused F.hardsigmoid: the latter's backward has no derivative, so
+        # Hessian-vector products (double backward, analysis.landscape) would fail on every flex model.
+        return equations.hard_sigmoid(z) if self.sigma is MaskSigma.HARD else torch.sigmoid(z)
 
     def forward(self, x: torch.Tensor, steps: int) -> FlexOutput:
         if x.shape[0] not in (1, steps):

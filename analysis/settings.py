@@ -1,0 +1,177 @@
+"""Settings of the three analyses, one frozen dataclass each, with a preset per profile.
+
+The ``paper`` presets follow the original authors (DESIGN.md §2): FGSM
+ε ∈ [0, 0.64], PGD ε ∈ [0, 23/255] with α = ε/4 and 20 steps, SPGD = the same
+PGD over ε ∈ [0, 0.5], 23 values each, on the full test split. ``quick`` fits
+all six quick variants into a few CPU minutes; ``smoke`` takes seconds (tests).
+Every value is validated on construction and a bad one raises
+:class:`training.config.ConfigError` with the field, the value and the remedy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from training.config import PROFILES, ConfigError
+
+# attack name -> which ε range it sweeps (its own, or the common L∞ grid of PGD)
+ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "spgd", "transfer", "square")
+GRADIENTS: tuple[str, ...] = ("bptt", "native")  # how hybrid models are differentiated, see attacks.gradient_model
+
+
+def _check(ok: bool, name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} {why}.")
+
+
+def _check_epsilon(name: str, value: float) -> None:
+    _check(0.0 < value <= 1.0, name, value,
+           "is a perturbation bound in [0, 1] pixel space and must lie in (0, 1] (the largest ε of the sweep)")
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Robustness sweep.
+
+    Each attack is run at ``n_epsilons`` evenly spaced ε in ``[0, max]``: FGSM up
+    to ``fgsm_max``, PGD up to ``pgd_max``, SPGD up to ``spgd_max``; the
+    transfer and Square attacks, and the per-sample worst case, use the PGD grid
+    (the common L∞ threat model). PGD steps are ``α = step_ratio · ε``.
+    """
+
+    attacks: tuple[str, ...] = ATTACKS
+    n_images: int = 10_000
+    batch_size: int = 500
+    n_epsilons: int = 23
+    fgsm_max: float = 0.64
+    pgd_max: float = 23 / 255
+    spgd_max: float = 0.5
+    pgd_steps: int = 20
+    step_ratio: float = 0.25
+    random_start: bool = True
+    square_queries: int = 1000
+    square_p_init: float = 0.8
+    gradient: str = "bptt"
+    sanity_tolerance: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        _check(not unknown, "attacks", list(self.attacks),
+               f"contains unknown attack(s) {unknown}; valid ones are {list(ATTACKS)}")
+        _check(len(self.attacks) > 0 and len(set(self.attacks)) == len(self.attacks), "attacks", list(self.attacks),
+               f"must name each attack at most once and at least one of {list(ATTACKS)}")
+        for name in ("fgsm_max", "pgd_max", "spgd_max"):
+            _check_epsilon(name, getattr(self, name))
+        _check(self.n_epsilons >= 2, "n_epsilons", self.n_epsilons,
+               "must be >= 2 (ε = 0 and at least one ε > 0; the AUC needs two points)")
+        _check(self.n_images >= 1, "n_images", self.n_images, "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.pgd_steps >= 1, "pgd_steps", self.pgd_steps, "must be >= 1")
+        _check(self.step_ratio > 0, "step_ratio", self.step_ratio, "is α/ε and must be > 0 (the paper uses 0.25)")
+        _check(self.square_queries >= 1, "square_queries", self.square_queries, "must be >= 1")
+        _check(0 < self.square_p_init <= 1, "square_p_init", self.square_p_init,
+               "is a fraction of pixels and must lie in (0, 1]")
+        _check(self.gradient in GRADIENTS, "gradient", self.gradient,
+               f"is not a gradient choice; choose one of {list(GRADIENTS)}")
+        _check(0 <= self.sanity_tolerance < 1, "sanity_tolerance", self.sanity_tolerance, "must lie in [0, 1)")
+
+    def max_epsilon(self, attack: str) -> float:
+        return {"fgsm": self.fgsm_max, "spgd": self.spgd_max}.get(attack, self.pgd_max)
+
+    def epsilons(self, attack: str) -> np.ndarray:
+        """The ε grid of ``attack`` (``worst`` uses the common PGD grid)."""
+        return np.linspace(0.0, self.max_epsilon(attack), self.n_epsilons)
+
+
+@dataclass(frozen=True)
+class SparsitySettings:
+    """Firing rates, synaptic operations and spike rasters."""
+
+    n_images: int = 10_000
+    batch_size: int = 500
+    raster_images: int = 4
+    raster_neurons: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_images >= 1, "n_images", self.n_images, "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(0 <= self.raster_images <= self.n_images, "raster_images", self.raster_images,
+               f"must lie in [0, n_images={self.n_images}]")
+        _check(self.raster_neurons >= 1, "raster_neurons", self.raster_neurons, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    """Loss surface on a ``grid × grid`` lattice over ``[-span, span]²``, and the Hessian's top eigenvalue."""
+
+    grid: int = 51
+    span: float = 1.0
+    n_images: int = 1000
+    batch_size: int = 500
+    hessian_iterations: int = 20
+    hessian_tolerance: float = 1e-3
+    gradient: str = "bptt"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.grid >= 2, "grid", self.grid, "must be >= 2 (points per axis of the loss surface)")
+        _check(self.span > 0, "span", self.span, "must be > 0 (the grid covers [-span, span] along each direction)")
+        _check(self.n_images >= 1, "n_images", self.n_images, "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.hessian_iterations >= 0, "hessian_iterations", self.hessian_iterations,
+               "must be >= 0 (0 skips the Hessian)")
+        _check(self.hessian_tolerance > 0, "hessian_tolerance", self.hessian_tolerance, "must be > 0")
+        _check(self.gradient in GRADIENTS, "gradient", self.gradient,
+               f"is not a gradient choice; choose one of {list(GRADIENTS)}")
+
+    def coordinates(self) -> np.ndarray:
+        return np.linspace(-self.span, self.span, self.grid)
+
+
+class AnalysisSettings(NamedTuple):
+    attack: AttackSettings
+    sparsity: SparsitySettings
+    landscape: LandscapeSettings
+
+
+def settings_for(profile: str) -> AnalysisSettings:
+    """The preset of a training profile (``smoke``, ``quick``, ``paper``)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile={profile!r} is not a profile; choose one of {sorted(PROFILES)}.")
+    return _PRESETS[profile]()
+
+
+def _paper() -> AnalysisSettings:
+    return AnalysisSettings(AttackSettings(), SparsitySettings(), LandscapeSettings())
+
+
+def _quick() -> AnalysisSettings:
+    # A CPU budget of a few minutes for all six quick variants on 2 cores (measured in the README).
+    return AnalysisSettings(
+        AttackSettings(n_images=128, batch_size=128, n_epsilons=5, pgd_steps=5, square_queries=50),
+        SparsitySettings(n_images=500, batch_size=250, raster_images=4, raster_neurons=128),
+        LandscapeSettings(grid=9, n_images=128, batch_size=128, hessian_iterations=25),
+    )
+
+
+def _smoke() -> AnalysisSettings:
+    return AnalysisSettings(
+        AttackSettings(n_images=64, batch_size=64, n_epsilons=3, pgd_steps=3, square_queries=20),
+        SparsitySettings(n_images=64, batch_size=64, raster_images=2, raster_neurons=32),
+        LandscapeSettings(grid=3, n_images=64, batch_size=64, hessian_iterations=3),
+    )
+
+
+_PRESETS = {"smoke": _smoke, "quick": _quick, "paper": _paper}
+
+
+def settings_json(settings: Any) -> str:
+    """A settings dataclass as canonical JSON (stored in result attrs; equal JSON = same analysis)."""
+    return json.dumps(dataclasses.asdict(settings), sort_keys=True)
