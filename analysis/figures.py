@@ -13,31 +13,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from training.results import read_dataset
 
 MODES = ("ann", "hybrid", "stbp")
 FAMILY_STYLE = {"vgg": {"color": "tab:blue", "label": "VGG"}, "flex": {"color": "tab:red", "label": "BioFlexNet"}}
 
 
 def collect_runs(root: str | os.PathLike, filename: str) -> xr.Dataset:
-    """Stack ``ROOT/<variant>/seed<N>/<filename>`` of every run into one Dataset along ``variant`` and ``seed``.
+    """Every ``ROOT/<variant>/seed<N>/<filename>`` combined along ``variant`` and ``seed``
+    (:func:`analysis.combine.combine_files`)."""
+    from analysis.combine import combine_files
 
-    Runs missing the file are skipped; an error says so when none has it.
-    """
-    root = Path(root)
-    found: dict[tuple[str, int], xr.Dataset] = {}
-    for path in sorted(root.glob(f"*/seed*/{filename}")):
-        variant, seed = path.parent.parent.name, int(path.parent.name.removeprefix("seed"))
-        found[(variant, seed)] = read_dataset(path)
-    if not found:
+    paths = sorted(Path(root).glob(f"*/seed*/{filename}"))
+    if not paths:
         raise FileNotFoundError(f"no {filename} under {root}/<variant>/seed<N>/; run `bioflexnet reproduce` first.")
-    variants = list(dict.fromkeys(v for v, _ in found))
-    seeds = sorted({s for _, s in found})
-    rows = []
-    for v in variants:
-        per_seed = [found[(v, s)].expand_dims(seed=[s]) for s in seeds if (v, s) in found]
-        rows.append(xr.concat(per_seed, dim="seed", join="outer", combine_attrs="drop_conflicts").expand_dims(variant=[v]))
-    return xr.concat(rows, dim="variant", join="outer", combine_attrs="drop_conflicts")
+    return combine_files(paths)
 
 
 def _mean_spread(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,12 +173,14 @@ def plot_sparsity(spa: xr.Dataset, raster_variants: tuple[str, ...] = ("vgg-stbp
         ax.set_title(f"{_style(v)['label']}: spikes of test image {int(run.raster_sample.values[image])}")
     spiking = [v for v in _variants(spa, ("hybrid", "stbp"))]
     ax = fig.add_subplot(grid[1, 0])
+    order = [str(n) for n in spa.layer.values if str(n) != "classifier"]  # network order (combine keeps it)
     for v in spiking:
-        rate = spa.mean_firing_rate.sel(variant=v).mean("seed").dropna("layer")
-        ax.plot(rate.layer.values, rate.values, marker="o", **_style(v))
+        rate = spa.mean_firing_rate.sel(variant=v, layer=order).mean("seed")
+        keep = ~np.isnan(rate.values)
+        ax.plot(np.arange(len(order))[keep], rate.values[keep], marker="o", **_style(v))
+    ax.set_xticks(np.arange(len(order)), order, rotation=60, fontsize=7)
     ax.set_ylabel("spikes / neuron / step")
-    ax.set_title("per-layer firing rate")
-    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.set_title("per-layer firing rate (test images)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(grid[1, 1:])
@@ -227,5 +218,50 @@ def plot_landscapes(land: xr.Dataset, modes: tuple[str, ...] = ("hybrid", "stbp"
         ax.set_zlabel("loss")
         ax.set_title(f"{_style(v)['label']}\nλ_max(H) = {float(run.hessian_top_eigenvalue):.3g}", fontsize=9)
     fig.suptitle("Loss landscapes (Li et al. 2018 filter-normalised directions; Hessian through the surrogate)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_fidelity(summary: xr.Dataset, plastic: xr.Dataset | None = None) -> plt.Figure:
+    """Brian2 vs PyTorch: exact-mode spike agreement per layer, class agreement per simulation, and the
+    flex masks' trajectories under online plasticity (``plastic``: a ``sim.nc`` run with ``--plasticity``)."""
+    ncols = 3 if plastic is not None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.2))
+    runs = list(summary.run.values)
+    width = 0.8 / max(1, len(runs))
+    layers = list(summary.layer.values)
+    for k, run in enumerate(runs):
+        agree = summary.spike_agreement.sel(run=run).values
+        color = FAMILY_STYLE[str(run).split("-")[0]]["color"]
+        axes[0].bar(np.arange(len(layers)) + (k - (len(runs) - 1) / 2) * width, agree, width, label=run, color=color,
+                    alpha=1.0 if "stbp" in str(run) else 0.5)
+    axes[0].set_xticks(np.arange(len(layers)), layers, rotation=45)
+    axes[0].set_ylim(min(0.9, float(np.nanmin(summary.spike_agreement))) - 0.01, 1.005)
+    axes[0].set_ylabel("spike agreement (exact mode)")
+    axes[0].set_title("Brian2 vs PyTorch spikes per layer")
+    axes[0].legend(fontsize=7)
+    sims = list(summary.simulation.values)
+    for k, run in enumerate(runs):
+        color = FAMILY_STYLE[str(run).split("-")[0]]["color"]
+        axes[1].bar(np.arange(len(sims)) + (k - (len(runs) - 1) / 2) * width,
+                    summary.class_agreement.sel(run=run).values, width, label=run, color=color)
+    axes[1].set_xticks(np.arange(len(sims)), sims, rotation=30, ha="right")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_ylabel("class agreement with PyTorch")
+    axes[1].set_title("classification: exact, plastic, biophysical (dt = step/K)")
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3, axis="y")
+    if plastic is not None:
+        ax = axes[2]
+        for name in [str(v).removeprefix("plastic_bias_") for v in plastic.data_vars if str(v).startswith("plastic_bias_")]:
+            b = plastic[f"plastic_bias_{name}"]  # [image, tick, channel]
+            drift = (b - b.isel(image=0, tick=0)).mean(b.dims[-1]).values.reshape(-1)
+            ax.plot(np.arange(drift.size), drift, label=name)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlabel("simulation tick (images presented one after another)")
+        ax.set_ylabel("channel-mean change of the mask bias b")
+        ax.set_title(f"online plasticity: drift of the mask bias b over {plastic.attrs.get('n_images', '?')} images")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

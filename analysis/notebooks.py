@@ -19,6 +19,10 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # name -> files under ROOT that the notebook reads (glob patterns)
 NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "fig3_training": ("*/seed*/metrics.nc",),
+    "fig4_robustness": ("robustness.nc",),
+    "fig5_sparsity": ("sparsity.nc",),
+    "fig6_landscape": ("landscape.nc",),
+    "fidelity": ("sim_summary.nc",),
 }
 
 

@@ -4,7 +4,9 @@ For the spiking variants in :data:`VARIANTS` and every seed: export the run
 (``bioflexnet export``, in a subprocess because this package never imports
 torch), simulate it in ``exact`` mode on the profile's number of reference
 images, and in ``biophysical`` mode for a few ``dt`` on fewer images.
-Results go to ``RUN_DIR/sim/exact/sim.nc`` and ``RUN_DIR/sim/biophysical_k{K}/sim.nc``;
+Flex runs are also simulated in exact mode with the online plasticity on (mask
+trajectories). Results go to ``RUN_DIR/sim/exact/sim.nc``,
+``RUN_DIR/sim/exact_plasticity/sim.nc`` and ``RUN_DIR/sim/biophysical_k{K}/sim.nc``;
 ``ROOT/sim_summary.nc`` collects the fidelity figures of all runs.
 """
 from __future__ import annotations
@@ -62,6 +64,8 @@ def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: 
 
     ex = read_export(export(run_dir, plan.images, data_dir))
     jobs = {"exact": SimOptions(n_images=plan.images, device=device)}
+    if any(la.kind == "flex" for la in ex.layers):  # mask trajectories under online plasticity (fidelity figure)
+        jobs["exact_plasticity"] = SimOptions(n_images=plan.images, device=device, plasticity=True)
     if 0.0 < ex.model["beta"] < 1.0:
         for k in plan.substeps:
             jobs[f"biophysical_k{k}"] = SimOptions(n_images=plan.bio_images, mode="biophysical", substeps=k,

@@ -21,7 +21,7 @@ def _fake_metrics(root: Path) -> None:
                         "val_loss": 1.9 / e, "val_accuracy": 0.25 * e, "lr": 0.1, "train_time": 1.0,
                         "eval_time": 0.5, "firing_rate": {"conv1": 0.1}, "conv_ratio": {"conv1": 0.5}}
                        for e in (1, 2, 3)]
-            ds = metrics_dataset(history, ["conv1"], cfg, {"config": json.dumps(cfg.to_dict())})
+            ds = metrics_dataset(history, ["conv1"], cfg, {"config": json.dumps(cfg.to_dict()), "seed": str(seed)})
             write_dataset(ds, root / variant / f"seed{seed}" / "metrics.nc")
 
 

@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"bioflexnet {args.command}: interrupted; finished files are intact "
-              "(continue a training run with --resume).", file=sys.stderr)
+        hint = " (continue with --resume)" if args.command == "train" else \
+            " (run it again: finished stages are reused)" if args.command == "reproduce" else ""
+        print(f"bioflexnet {args.command}: interrupted; files written so far are complete{hint}.", file=sys.stderr)
         return 130
     return 0
 
