@@ -86,9 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="train every paper variant of a profile, then run the analyses",
+    p = sub.add_parser("reproduce", help="train every paper variant of a profile, then simulate, analyse, plot",
                        description="Train the six variants {vgg, flex} x {ann, hybrid, stbp} (in parallel "
-                                   "processes), evaluate them, and run every analysis stage that is installed.")
+                                   "processes), then the Brian2 simulation, the analyses and the figure notebooks.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -113,12 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
     add_reproduce(sub)
     for name in EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+        module = importlib.import_module(name)
         module.register(sub)
     return parser
 

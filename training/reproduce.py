@@ -8,7 +8,7 @@ Layout of the output root::
 Training runs as parallel ``bioflexnet train`` processes (the longest first),
 each with its share of the CPU threads. Finished runs are skipped and
 interrupted ones resumed, so re-running the command continues where it stopped.
-After training, every stage in :data:`STAGES` whose module is installed runs
+After training, every stage in :data:`STAGES` (Brian2 simulation, analyses, figures) runs
 on the run directories.
 """
 from __future__ import annotations
@@ -141,10 +141,5 @@ def reproduce(profile: str, root: Path, *, seeds: Sequence[int] = (0,), jobs: in
         print(f"{v:<14}" + "".join(f"  {a:9.4f}  {t:7.0f}" for a, t in zip(row.test_accuracy.values,
                                                                           row.train_time.values)))
     for name in STAGES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+        module = importlib.import_module(name)
         module.run_stage(root, run_dirs, profile=profile, data_dir=data_dir, device=device)
