@@ -1,4 +1,5 @@
 """`bioflexnet export` + `bioflexnet sim` on a trained smoke run, and the reproduce stage."""
+import numpy as np
 import pytest
 
 from sim.pipeline import run_stage
@@ -62,8 +63,12 @@ def test_reproduce_stage_writes_summary(smoke_run, cifar_dir, tmp_path, capsys):
     run_stage(tmp_path, {("flex-stbp", 0): smoke_run, ("flex-ann", 0): tmp_path / "ignored"}, profile="smoke",
               data_dir=cifar_dir)
     summary = read_dataset(tmp_path / "sim_summary.nc")
-    assert list(summary.simulation.values) == ["exact", "biophysical_k1", "biophysical_k4"]
+    assert list(summary.simulation.values) == ["exact", "exact_plasticity", "biophysical_k1", "biophysical_k4"]
     assert float(summary.class_agreement.sel(run="flex-stbp/seed0", simulation="exact")) == 1.0
+    plastic = read_dataset(smoke_run / "sim" / "exact_plasticity" / "sim.nc")
+    assert plastic.attrs["plasticity"] == "True"
+    bias = plastic["plastic_bias_conv1"].values
+    assert not np.allclose(bias[-1, -1], bias[0, 0])  # the mask bias moved online
     assert (summary.spike_agreement.values == 1.0).all()
     assert (smoke_run / "sim" / "biophysical_k4" / "sim.nc").is_file()
     assert "Brian2 fidelity" in capsys.readouterr().out
