@@ -249,6 +249,7 @@ def plot_fidelity(summary: xr.Dataset, plastic: xr.Dataset | None = None) -> plt
     axes[1].set_ylim(0, 1.05)
     axes[1].set_ylabel("class agreement with PyTorch")
     axes[1].set_title("classification: exact, plastic, biophysical (dt = step/K)")
+    axes[1].set_xlabel("biophysical: delta synapses unless marked pulse")
     for ax in axes[:2]:
         ax.grid(alpha=0.3, axis="y")
     if plastic is not None:

@@ -7,7 +7,6 @@ file is left to the caller (the CLI and the pipeline), always atomically.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from analysis.sparsity import sparsity
 from training.config import Mode, RunConfig
 from training.data import Split, load_split
 from training.models import SpikingVGG
-from training.results import provenance
+from training.results import file_sha256, provenance
 from training.runs import CHECKPOINT, RunDirError, load_model
 
 ROBUSTNESS = "robustness.nc"
@@ -33,11 +32,7 @@ def checkpoint_sha256(run_dir: str | os.PathLike) -> str:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no {CHECKPOINT}; train the run first (bioflexnet train --out {run_dir}).")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def run_attrs(run_dir: Path, cfg: RunConfig) -> dict[str, str]:

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/sim)")
     p.add_argument("--substeps", type=int, default=None,
                    help="biophysical mode: ticks per PyTorch step, dt = step / substeps (default 10)")
+    p.add_argument("--synapse", choices=["delta", "pulse"], default="delta",
+                   help="biophysical mode: a spike makes its targets' membranes jump (delta, default) or drives them "
+                        "with a current pulse one step long (pulse)")
     p.add_argument("--tau-m-ms", type=float, default=10.0, help="biophysical mode: membrane time constant (ms)")
     p.add_argument("--refractory-ms", type=float, default=None,
                    help="biophysical mode: absolute refractory period (ms; default one step)")
@@ -64,7 +67,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
     out = args.out or (args.run_dir.parent if args.run_dir.suffix == ".npz" else args.run_dir) / "sim"
     substeps = args.substeps if args.substeps is not None else (10 if args.mode == "biophysical" else 1)
     options = SimOptions(n_images=args.images or 0, mode=args.mode, device=args.device, plasticity=args.plasticity,
-                         substeps=substeps, tau_m_ms=args.tau_m_ms, refractory_ms=args.refractory_ms,
+                         substeps=substeps, synapse=args.synapse, tau_m_ms=args.tau_m_ms, refractory_ms=args.refractory_ms,
                          build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only,
                          fresh_poisson=args.fresh_poisson, seed=args.seed)
     try:
@@ -88,7 +91,8 @@ def summary(ds, header: dict) -> str:
     m = header["model"]
     variant = f"{'flex' if m.get('flex') else 'vgg'}-{m.get('mode')} ({m.get('arch')}, T={m['steps']})"
     lines = [f"{variant}: {ds.attrs['mode']} mode on {ds.attrs['device']}, {ds.attrs['n_images']} images, "
-             f"plasticity {'on' if ds.attrs['plasticity'] == 'True' else 'off'}, dt = {ds.attrs['dt_ms']:.4g} ms",
+             f"plasticity {'on' if ds.attrs['plasticity'] == 'True' else 'off'}, dt = {ds.attrs['dt_ms']:.4g} ms"
+             + (f", {ds.attrs['synapse']} synapses" if "synapse" in ds.attrs else ""),
              f"{'layer':<8} {'agreement':>10} {'mismatches':>11} {'rate':>7} {'ref rate':>9}"]
     for i, layer in enumerate(ds.layer.values):
         lines.append(f"{layer:<8} {float(ds.spike_agreement[i]):10.6f} {int(ds.spike_mismatches[i]):11d} "

@@ -5,18 +5,31 @@
 the membrane follows ``v = beta v + u`` and a max-pool relay fires when any
 input of its window fired in this tick.
 
-``biophysical`` (``K`` ticks per step, physical units): a spike drives its
-targets with a rectangular current pulse one step long, switched on by the
-``up`` pathway and off by the ``down`` pathway one step later, so every spike
-delivers the same charge as in the discrete model whatever ``dt`` is. The
-membrane integrates ``tau_m dV/dt = V_rest - V + R I`` exactly over each tick
-(constant input within a tick). A relay counts the active pulses in its
-window and signals ``on`` / ``off`` when the count leaves / returns to zero
-(the OR of the pulses). After a spike a neuron is refractory for
-``refractory`` (default: one step, the discrete model's one spike per step).
-Pulses still running when an image ends are cut there: inputs are cleared
-when an image starts and ``down`` events of pulses from the previous image
-are ignored (``late(t)`` is 0 during the first step of an image).
+``biophysical`` (``K`` ticks per step, physical units): the membrane
+integrates ``tau_m dV/dt = V_rest - V + R I`` exactly over each tick
+(constant input within a tick); held drives (the image current of the first
+layer, every bias) enter as currents. A spike reaches its targets through one
+of two synapse models, both delivering the discrete model's charge whatever
+``dt`` is:
+
+- ``delta`` (default): a jump of the target's membrane by ``w`` units in the
+  tick of the spike, as in the discrete model, where a spike's input is added
+  in full in the step it is emitted. A spike can cross all layers within one
+  tick. A max-pool relay fires when any input of its window fires and is then
+  refractory like a neuron (one event per window and step). The mask of a
+  flex layer sees the pool charge of the current tick.
+- ``pulse``: a rectangular current pulse one step long, switched on by the
+  ``up`` pathway and off by the ``down`` pathway one step later. A relay counts
+  the active pulses in its window and signals ``on`` / ``off`` when the count
+  leaves / returns to zero (the OR of the pulses). A neuron needs up to a step
+  to integrate a pulse, so every layer adds up to one step of latency.
+  Pulses still running when an image ends are cut there: inputs are cleared
+  when an image starts and ``down`` events of pulses from the previous image
+  are ignored (``late(t)`` is 0 during the first step of an image).
+
+After a spike a neuron is refractory for ``refractory`` (default: one step,
+the discrete model's one spike per step). With ``K = 1`` both synapse models
+reproduce the discrete update.
 
 In both modes the membrane returns to rest when an image starts.
 """
@@ -27,12 +40,20 @@ from brian2 import TimedArray
 
 from sim.biophysics import BiophysicalParams
 
+SYNAPSES = ("delta", "pulse")
+
 
 class Dynamics:
     """Strings and constants of one mode; ``namespace`` holds the shared time signals."""
 
-    def __init__(self, model: dict, steps: int, n_images: int, substeps: int, dt, bio: BiophysicalParams | None):
+    def __init__(self, model: dict, steps: int, n_images: int, substeps: int, dt, bio: BiophysicalParams | None,
+                 synapse: str = "delta"):
+        if synapse not in SYNAPSES:
+            raise ValueError(f"synapse model {synapse!r} is not one of {SYNAPSES}.")
         self.bio, self.substeps, self.dt = bio, substeps, dt
+        # every input of a tick is added once (exact mode, delta synapses), or held while a pulse lasts
+        self.impulse = bio is None or synapse == "delta"
+        self.delta = bio is not None and synapse == "delta"
         image = np.zeros(steps * substeps)
         image[0] = 1.0
         late = np.ones(steps * substeps)
@@ -58,8 +79,10 @@ class Dynamics:
             self.threshold = "v >= v_th and wait < 0.5"
             reset = "v -= v_th - v_rest" if model["reset"] == "subtract" else "v = v_rest"
             self.reset = reset + "\nwait = refractory_ticks"
-            self.start = ("acc_c = acc_c*(1 - image_start(t))\nacc_p = acc_p*(1 - image_start(t))\n"
-                          "v = v_rest + (v - v_rest)*(1 - image_start(t))\n"
+            clear = "acc_c = 0\nacc_p = 0\n" if self.delta else ("acc_c = acc_c*(1 - image_start(t))\n"
+                                                                 "acc_p = acc_p*(1 - image_start(t))\n")
+            self.constants["unit"] = bio.unit  # membrane jump per unit of delta input
+            self.start = (clear + "v = v_rest + (v - v_rest)*(1 - image_start(t))\n"
                           "wait = clip(wait - 1, 0, refractory_ticks)*(1 - image_start(t))")
             self.v_init = bio.v_rest
 
@@ -67,17 +90,27 @@ class Dynamics:
     def exact(self) -> bool:
         return self.bio is None
 
+    def membrane(self, u: str, held: str | None = None, jump: str | None = None) -> str:
+        """Update of ``v`` by the drive ``u`` of this tick.
+
+        Delta synapses split ``u`` into the ``held`` part (bias currents) and the ``jump`` part
+        (this tick's synaptic input), ``u = held + jump``; elsewhere ``u`` is held for the tick.
+        """
+        if self.delta and jump is not None:
+            return f"v = {self.leak} + gain*({held}) + unit*({jump})"
+        return f"v = {self.leak} + {self.gain}{u}"
+
     def neuron_state(self) -> str:
         return f"v : {self.v_unit}\n" + ("" if self.exact else "wait : 1\n")
 
     def drive(self, target: str, from_relay: bool, weighted: bool = True) -> dict:
         """Keyword arguments of a Synapses object through which the source drives ``target`` of the post group.
 
-        Exact mode: each spike adds ``w`` (or 1) for the current tick. Biophysical mode: a
-        neuron's spike adds it for one step (a pulse); a relay adds it while its window is active.
+        Exact mode and delta synapses: each spike adds ``w`` (or 1) for the current tick. Pulse
+        synapses: a neuron's spike adds it for one step; a relay adds it while its window is active.
         """
         w = "w" if weighted else "1"
-        if self.exact:
+        if self.impulse:
             return {"on_pre": f"{target}_post += {w}"}
         if from_relay:
             return {"on_pre": {"up": f"{target}_post += {w}", "down": f"{target}_post -= {w}"},
@@ -89,8 +122,14 @@ class Dynamics:
         """Keyword arguments of the NeuronGroup that ORs a max-pool window."""
         if self.exact:
             return {"model": "n : 1", "threshold": "n > 0.5"}
+        if self.delta:
+            return {"model": "n : 1\nfired : 1", "threshold": "n > 0.5 and fired < 0.5", "reset": "fired = 1"}
         return {"model": "n : 1\nactive : 1", "events": {"on": "n > 0.5 and active < 0.5",
                                                        "off": "n < 0.5 and active > 0.5"}}
 
     def relay_start(self) -> str:
-        return "n = 0" if self.exact else "n = n*(1 - image_start(t))\nactive = active*(1 - image_start(t))"
+        if self.exact:
+            return "n = 0"
+        if self.delta:
+            return "n = 0\nfired = fired*(1 - step_start(t))"
+        return "n = n*(1 - image_start(t))\nactive = active*(1 - image_start(t))"

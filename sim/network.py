@@ -30,6 +30,11 @@ Flex layer update (every tick)::
     u  = Ip + m (Ic - Ip)
     v  = beta v + u                   (exact; biophysical: V_rest + (V - V_rest) decay + gain u)
 
+With delta synapses (biophysical mode) a spike-driven layer's ``acc_c`` / ``acc_p`` hold
+the synaptic charge of this tick: the bias is held (``gain m bias``), the charge
+jumps (``unit (Ip + m (acc_c - Ip))``), and the mask sees the pool charge since
+the step began instead of ``Ip``.
+
 Ties. The update is written in the operation order of the PyTorch reference
 (:func:`training.export.reference_forward`), so the two differ only in the
 order in which synaptic inputs are summed (a conv in PyTorch, a sequence of
@@ -42,7 +47,9 @@ tick, ``b += lambda / (T K) * (mean relu(Ic) - mean relu(Ip))`` per channel,
 the means over positions; the new ``b`` acts from the next tick. Summed over
 one image this is exactly ``lambda (r_sel - r_inv)`` with the per-image drives
 of :mod:`training.equations` (a batch of one image), except that ``b`` already
-changes within the image.
+changes within the image. Under delta synapses the drives are rates: the
+tick's charge times ``K`` (plus the held bias), so their mean over a step is
+the step's drive when a neuron's inputs of that step arrive in one tick.
 """
 from __future__ import annotations
 
@@ -68,6 +75,7 @@ class Timing(NamedTuple):
     mode: str  # "exact" | "biophysical"
     substeps: int  # K ticks per discrete step
     bio: BiophysicalParams | None  # physical parameters (biophysical mode)
+    synapse: str = "delta"  # biophysical mode: "delta" | "pulse" (sim.dynamics)
 
     @property
     def dt(self) -> Quantity:
@@ -97,7 +105,8 @@ class _Schedule:
 class _Builder:
     def __init__(self, export: Export, n_images: int, timing: Timing):
         self.export, self.timing, self.n_images, self.objects = export, timing, n_images, []
-        self.dyn = Dynamics(export.model, export.steps, n_images, timing.substeps, timing.dt, timing.bio)
+        self.dyn = Dynamics(export.model, export.steps, n_images, timing.substeps, timing.dt, timing.bio,
+                            timing.synapse)
         self.relays: set[str] = set()  # names of relay groups (they signal on/off events, not spikes)
         # brian2cuda 1.0a7's synapse code refers to `defaultclock` by name, so the network runs on it;
         # device_session restores it afterwards
@@ -125,13 +134,14 @@ class _Builder:
     def relay(self, name: str, source, layer: LayerSpec) -> NeuronGroup:
         """OR of the source spikes over each max-pool window."""
         relay = self.add(NeuronGroup(layer.c_in * layer.out_size[0] * layer.out_size[1], **self.dyn.relay(),
-                                     clock=self.clock, namespace=dict(self.dyn.namespace), name=name))
+                                     clock=self.clock, namespace={**self.dyn.namespace, **self.dyn.constants},
+                                     name=name))
         relay.run_regularly(self.dyn.relay_start(), when="start")
         conn = pool_connections(layer.c_in, layer.in_size, layer.out_size, layer.kernel, layer.stride, layer.padding)
         self.synapses(f"{name}_in", source, relay, conn, "n", weighted=False)
         self.relays.add(name)
-        if self.dyn.exact:
-            self.schedule(relay.thresholder["spike"])
+        if self.dyn.impulse:
+            self.schedule(relay.thresholder["spike"], *([relay.resetter["spike"]] if self.dyn.delta else []))
         else:
             relay.run_on_event("on", "active = 1")
             relay.run_on_event("off", "active = 0")
@@ -146,7 +156,8 @@ class _Builder:
         ns = {**dyn.namespace, **dyn.constants}
         eqs = dyn.neuron_state() + "acc_c : 1\nacc_p : 1\nIc : 1\nIp : 1\nbias : 1 (constant)\nch : integer (constant)\n"
         if flex:
-            eqs += "m : 1\nthr : 1 (constant)\nlscale : 1 (constant)\nlshift : 1 (constant)\nb : 1 (linked)\n"
+            eqs += ("m : 1\nthr : 1 (constant)\nlscale : 1 (constant)\nlshift : 1 (constant)\nb : 1 (linked)\n"
+                    "rsel : 1\nrinv : 1\npstep : 1\n")
         group = self.add(NeuronGroup(layer.n_out, eqs, threshold=dyn.threshold, reset=dyn.reset, clock=self.clock,
                                      namespace=ns, name=name))
         channel = np.repeat(np.arange(layer.c_out), layer.out_size[0] * layer.out_size[1])
@@ -167,7 +178,7 @@ class _Builder:
         if flex:
             update = self._mask(layer, group, channel, ns, source if drives is None else None, conv_src, pool_src)
         else:
-            update = f"Ic = {conv_src}\nv = {dyn.leak} + {dyn.gain}Ic"
+            update = f"Ic = {conv_src}\n" + dyn.membrane("Ic", *(("bias", "acc_c") if drives is None else ()))
         self.schedule(group.run_regularly(update, when="groups", name=f"{name}_update"))
         monitor = self.mask_group(layer, group, channel, plasticity) if flex else None
         self.schedule(group.thresholder["spike"], group.resetter["spike"])
@@ -187,8 +198,18 @@ class _Builder:
         ns["eta"] = TimedArray(np.tile(a[f"{name}.eta"], (self.n_images, 1)), dt=self.timing.substeps * self.timing.dt)
         sigma = (equations.HARD_SIGMOID_EXPR if self.export.model["mask_sigma"] == "hard"
                  else equations.LOGISTIC_EXPR).format(z="z")
-        return (f"Ic = {conv_src}\nIp = {pool_src}\nz = lscale*(Ip - thr) + lshift + (eta(t, ch) + b)\n"
-                f"m = {sigma}\nv = {dyn.leak} + {dyn.gain}(Ip + m*(Ic - Ip))")
+        delta = dyn.delta and source is not None
+        # delta synapses: the mask sees the pool charge since the step began (the discrete mask sees the step's)
+        seen = "pstep" if delta else "Ip"
+        code = (f"Ic = {conv_src}\nIp = {pool_src}\n" + ("pstep = pstep*(1 - step_start(t)) + Ip\n" if delta else "")
+                + f"z = lscale*({seen} - thr) + lshift + (eta(t, ch) + b)\nm = {sigma}\n")
+        if delta:
+            # delta synapses: the bias is held, the tick's synaptic charge jumps; the pathway drives of
+            # the plasticity rule are rates, the charge of the tick spread over the tick
+            k = self.timing.substeps
+            return code + (f"{dyn.membrane('', 'm*bias', 'Ip + m*(acc_c - Ip)')}\n"
+                           f"rsel = clip(bias + {k}*acc_c, 0, inf)\nrinv = clip({k}*Ip, 0, inf)")
+        return code + f"{dyn.membrane('(Ip + m*(Ic - Ip))')}\nrsel = clip(Ic, 0, inf)\nrinv = clip(Ip, 0, inf)"
 
     def mask_group(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, plasticity: bool) -> StateMonitor:
         """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri."""
@@ -198,8 +219,8 @@ class _Builder:
                                      namespace={"lam": lam}, name=f"{name}_mask"))
         masks.b = a[f"{name}.plastic_bias"]
         group.b = linked_var(masks, "b", index=channel)
-        drive = self.add(Synapses(group, masks, "rs_post = clip(Ic_pre, 0, inf)*inv_npos : 1 (summed)\n"
-                                                "ri_post = clip(Ip_pre, 0, inf)*inv_npos : 1 (summed)\n"
+        drive = self.add(Synapses(group, masks, "rs_post = rsel_pre*inv_npos : 1 (summed)\n"
+                                                "ri_post = rinv_pre*inv_npos : 1 (summed)\n"
                                                 "mbar_post = m_pre*inv_npos : 1 (summed)",
                                   namespace={"inv_npos": 1.0 / (layer.out_size[0] * layer.out_size[1])},
                                   clock=self.clock, name=f"{name}_drive"))
@@ -233,7 +254,8 @@ class _Builder:
         """Linear read-out ``y = bias + (1/T) sum over ticks of W x / K`` (x: the source's activity).
 
         In exact mode ``x`` is the spikes of the tick, so ``y`` is PyTorch's mean over steps of
-        ``W s[t] + bias``; in biophysical mode it is the time average of the pulses / relay states.
+        ``W s[t] + bias``; in biophysical mode it is the time average of the pulses / relay states, or
+        (delta synapses) the charge of the spikes divided by ``T``.
         """
         a, k = self.export.arrays, self.timing.substeps
         group = self.add(NeuronGroup(len(a["readout.bias"]), "drive : 1\nacc : 1\nbias : 1 (constant)\n"
@@ -241,12 +263,13 @@ class _Builder:
                                      namespace={**self.dyn.namespace, "steps": self.export.steps,
                                                 "substeps": float(k)}, name="readout"))
         group.bias = a["readout.bias"]
-        clear = "drive = 0" if self.dyn.exact else "drive = drive*(1 - image_start(t))"
+        clear = "drive = 0" if self.dyn.impulse else "drive = drive*(1 - image_start(t))"
         group.run_regularly(f"acc = acc*(1 - image_start(t))\n{clear}", when="start")
         weight = a["readout.weight"]
         post, pre = np.nonzero(np.ones_like(weight, dtype=bool))
         self.synapses("readout_in", source, group, Connections(pre, post, weight[post, pre]), "drive")
-        self.schedule(group.run_regularly("acc += drive/substeps", when="groups", name="readout_update"))
+        per_tick = "drive" if self.dyn.delta else "drive/substeps"  # a delta input is the charge of the tick
+        self.schedule(group.run_regularly(f"acc += {per_tick}", when="groups", name="readout_update"))
         return self.add(StateMonitor(group, "y", record=True, when="end", name="readout_monitor"))
 
 

@@ -3,11 +3,17 @@
 For the spiking variants in :data:`VARIANTS` and every seed: export the run
 (``bioflexnet export``, in a subprocess because this package never imports
 torch), simulate it in ``exact`` mode on the profile's number of reference
-images, and in ``biophysical`` mode for a few ``dt`` on fewer images.
+images, and in ``biophysical`` mode for a few ``dt`` on fewer images (delta
+synapses, plus one run with pulse synapses for comparison).
 Flex runs are also simulated in exact mode with the online plasticity on (mask
 trajectories). Results go to ``RUN_DIR/sim/exact/sim.nc``,
-``RUN_DIR/sim/exact_plasticity/sim.nc`` and ``RUN_DIR/sim/biophysical_k{K}/sim.nc``;
+``RUN_DIR/sim/exact_plasticity/sim.nc``, ``RUN_DIR/sim/biophysical_k{K}/sim.nc`` and
+``RUN_DIR/sim/biophysical_pulse_k{K}/sim.nc``;
 ``ROOT/sim_summary.nc`` collects the fidelity figures of all runs.
+
+Re-running the stage reuses an export made from the same checkpoint (its
+SHA-256 is in the export header) and every ``sim.nc`` simulated from the
+same export file with the same options.
 """
 from __future__ import annotations
 
@@ -28,11 +34,12 @@ SUMMARY = "sim_summary.nc"
 class StagePlan(NamedTuple):
     images: int  # reference images exported and simulated in exact mode
     bio_images: int  # images per biophysical run
-    substeps: tuple[int, ...]  # biophysical dt = step / K for each K
+    substeps: tuple[int, ...]  # biophysical dt = step / K for each K (delta synapses)
+    pulse_substeps: int  # the K of the one biophysical run with pulse synapses
 
 
-PLANS = {"smoke": StagePlan(8, 4, (1, 4)), "quick": StagePlan(100, 50, (1, 4, 16)),
-         "paper": StagePlan(200, 50, (1, 4, 16))}
+PLANS = {"smoke": StagePlan(8, 4, (1, 4), 4), "quick": StagePlan(100, 100, (1, 4, 16), 4),
+         "paper": StagePlan(200, 100, (1, 4, 16), 4)}
 
 
 def _brian_device(torch_device: str) -> str:
@@ -55,14 +62,45 @@ def export(run_dir: Path, images: int, data_dir: Path | None) -> Path:
     return Path(run_dir) / "export.npz"
 
 
+def current_export(run_dir: Path, images: int, data_dir: Path | None):
+    """The run's export if it holds ``images`` reference images of the present checkpoint, else a new one."""
+    from training.export_format import ExportError, read_export
+    from training.results import file_sha256
+
+    path = Path(run_dir) / "export.npz"
+    if path.is_file():
+        try:
+            ex = read_export(path)
+        except ExportError:  # an older format or a broken file: export again
+            ex = None
+        checkpoint = Path(run_dir) / "checkpoint.pt"
+        if (ex is not None and ex.n_reference == images and checkpoint.is_file()
+                and ex.header.get("run", {}).get("checkpoint_sha256") == file_sha256(checkpoint)):
+            return ex
+    return read_export(export(run_dir, images, data_dir))
+
+
+def _reusable(path: Path, key: dict[str, str]):
+    """The ``sim.nc`` at ``path`` if it was simulated with exactly ``key`` (export hash and options)."""
+    from training.results import read_dataset
+
+    if not path.is_file():
+        return None
+    try:
+        ds = read_dataset(path)
+    except (OSError, ValueError):
+        return None
+    return ds if all(ds.attrs.get(k) == v for k, v in key.items()) else None
+
+
 def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: str) -> dict[str, xr.Dataset]:
     """Export one run and simulate it; returns ``{"exact": ds, "biophysical_k4": ds, ...}``."""
-    from sim.results import to_dataset
+    from sim.results import options_key, to_dataset
     from sim.simulate import SimOptions, simulate
-    from training.export_format import read_export
-    from training.results import write_dataset
+    from training.results import file_sha256, write_dataset
 
-    ex = read_export(export(run_dir, plan.images, data_dir))
+    ex = current_export(run_dir, plan.images, data_dir)
+    export_sha = file_sha256(ex.path)
     jobs = {"exact": SimOptions(n_images=plan.images, device=device)}
     if any(la.kind == "flex" for la in ex.layers):  # mask trajectories under online plasticity (fidelity figure)
         jobs["exact_plasticity"] = SimOptions(n_images=plan.images, device=device, plasticity=True)
@@ -70,12 +108,21 @@ def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: 
         for k in plan.substeps:
             jobs[f"biophysical_k{k}"] = SimOptions(n_images=plan.bio_images, mode="biophysical", substeps=k,
                                                    device=device)
+        k = plan.pulse_substeps
+        jobs[f"biophysical_pulse_k{k}"] = SimOptions(n_images=plan.bio_images, mode="biophysical", substeps=k,
+                                                     synapse="pulse", device=device)
     out = {}
     for name, options in jobs.items():
         folder = Path(run_dir) / "sim" / name
         options = dataclasses.replace(options, build_dir=folder / f"build_{device}")
-        ds = to_dataset(simulate(ex, options), ex, options, keep_spikes=name == "exact")
-        write_dataset(ds, folder / "sim.nc")
+        key = {"export_sha256": export_sha, "options": options_key(options)}
+        ds = _reusable(folder / "sim.nc", key)
+        if ds is None:
+            ds = to_dataset(simulate(ex, options), ex, options, keep_spikes=name == "exact")
+            ds.attrs.update(key)
+            write_dataset(ds, folder / "sim.nc")
+        else:
+            print(f"  {name}: up to date, reused", flush=True)
         out[name] = ds
     return out
 

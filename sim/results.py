@@ -124,6 +124,11 @@ def to_dataset(result: SimResult, export: Export, options: SimOptions, keep_spik
     return ds
 
 
+def options_key(options: SimOptions) -> str:
+    """All options of a simulation as one string (stored in ``sim.nc``; equal strings, equal simulations)."""
+    return str({k: str(v) for k, v in dataclasses.asdict(options).items()})
+
+
 def _attrs(result: SimResult, export: Export, options: SimOptions) -> dict:
     run = export.header.get("run", {})
     config = run.get("config")
@@ -134,12 +139,12 @@ def _attrs(result: SimResult, export: Export, options: SimOptions) -> dict:
         "n_images": options.n_images, "substeps": timing.substeps, "dt_ms": float(timing.dt) * 1e3,
         "export_path": str(export.path), "export_format_version": export.header["format_version"],
         "source_run_dir": str(run.get("run_dir", "")),
-        "options": str({k: str(v) for k, v in dataclasses.asdict(options).items()}),
+        "options": options_key(options),
         **{f"timing_{k}": float(v) for k, v in result.timings.items()},
     })
     if timing.bio is not None:
         b = timing.bio
-        attrs.update({"step_ms": float(b.step) * 1e3, "tau_m_ms": float(b.tau_m) * 1e3,
+        attrs.update({"synapse": timing.synapse, "step_ms": float(b.step) * 1e3, "tau_m_ms": float(b.tau_m) * 1e3,
                       "v_rest_mv": float(b.v_rest) * 1e3, "v_threshold_mv": float(b.v_threshold) * 1e3,
                       "refractory_ms": float(b.refractory) * 1e3, "mv_per_unit": float(b.unit) * 1e3})
     return attrs

@@ -17,6 +17,7 @@ from brian2 import mV, ms
 
 from sim.biophysics import discrete_to_biophysical
 from sim.devices import DEVICES, device_session
+from sim.dynamics import SYNAPSES
 from sim.network import SimNetwork, Timing, build_network
 from training.export_format import Export
 
@@ -36,6 +37,7 @@ class SimOptions:
     device: str = "runtime"
     plasticity: bool = False
     substeps: int = 1  # ticks per discrete step (biophysical mode; exact mode is 1)
+    synapse: str = "delta"  # biophysical mode: how a spike drives its targets, "delta" | "pulse" (sim.dynamics)
     tau_m_ms: float = 10.0
     v_rest_mv: float = -65.0
     v_threshold_mv: float = -50.0
@@ -61,6 +63,8 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
         raise SimError(f"mode {options.mode!r} is not one of {MODES}.")
     if options.substeps < 1:
         raise SimError(f"substeps={options.substeps} must be >= 1.")
+    if options.synapse not in SYNAPSES:
+        raise SimError(f"synapse {options.synapse!r} is not one of {SYNAPSES}.")
     if options.mode == "exact":
         if options.substeps != 1:
             raise SimError("exact mode runs one tick per PyTorch step; --substeps is for the biophysical mode.")
@@ -71,7 +75,7 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
                                       None if options.refractory_ms is None else options.refractory_ms * ms)
     except ValueError as exc:
         raise SimError(str(exc)) from exc
-    return Timing("biophysical", options.substeps, bio)
+    return Timing("biophysical", options.substeps, bio, options.synapse)
 
 
 def check_options(export: Export, options: SimOptions) -> Timing:

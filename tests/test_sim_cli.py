@@ -63,12 +63,20 @@ def test_reproduce_stage_writes_summary(smoke_run, cifar_dir, tmp_path, capsys):
     run_stage(tmp_path, {("flex-stbp", 0): smoke_run, ("flex-ann", 0): tmp_path / "ignored"}, profile="smoke",
               data_dir=cifar_dir)
     summary = read_dataset(tmp_path / "sim_summary.nc")
-    assert list(summary.simulation.values) == ["exact", "exact_plasticity", "biophysical_k1", "biophysical_k4"]
+    assert list(summary.simulation.values) == ["exact", "exact_plasticity", "biophysical_k1", "biophysical_k4",
+                                                 "biophysical_pulse_k4"]
     assert float(summary.class_agreement.sel(run="flex-stbp/seed0", simulation="exact")) == 1.0
     plastic = read_dataset(smoke_run / "sim" / "exact_plasticity" / "sim.nc")
     assert plastic.attrs["plasticity"] == "True"
     bias = plastic["plastic_bias_conv1"].values
     assert not np.allclose(bias[-1, -1], bias[0, 0])  # the mask bias moved online
     assert (summary.spike_agreement.values == 1.0).all()
-    assert (smoke_run / "sim" / "biophysical_k4" / "sim.nc").is_file()
+    result = smoke_run / "sim" / "biophysical_k4" / "sim.nc"
+    assert read_dataset(result).attrs["synapse"] == "delta"
+    assert read_dataset(smoke_run / "sim" / "biophysical_pulse_k4" / "sim.nc").attrs["synapse"] == "pulse"
     assert "Brian2 fidelity" in capsys.readouterr().out
+    export_time, result_time = (smoke_run / "export.npz").stat().st_mtime_ns, result.stat().st_mtime_ns
+    run_stage(tmp_path, {("flex-stbp", 0): smoke_run}, profile="smoke", data_dir=cifar_dir)  # again: all reused
+    assert capsys.readouterr().out.count("up to date, reused") == len(summary.simulation)
+    assert (smoke_run / "export.npz").stat().st_mtime_ns == export_time and result.stat().st_mtime_ns == result_time
+    assert read_dataset(tmp_path / "sim_summary.nc").equals(summary)

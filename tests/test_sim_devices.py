@@ -38,9 +38,10 @@ def test_cpp_standalone_equals_runtime(tmp_path):
 
 @pytest.mark.brian
 @pytest.mark.slow
-def test_cpp_standalone_equals_runtime_in_biophysical_mode(tmp_path):
+@pytest.mark.parametrize("synapse", ["delta", "pulse"])
+def test_cpp_standalone_equals_runtime_in_biophysical_mode(tmp_path, synapse):
     export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
-    options = SimOptions(n_images=2, mode="biophysical", substeps=3, plasticity=True)
+    options = SimOptions(n_images=2, mode="biophysical", substeps=3, plasticity=True, synapse=synapse)
     cpp = dataclasses.replace(options, device="cpp_standalone", build_dir=tmp_path / "cpp")
     _assert_same(simulate(export, options), simulate(export, cpp))
 

@@ -25,7 +25,7 @@ from training.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spike
 from training.flex import PlasticFlexLayer
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
 from training.neurons import LIFParams, lif_multistep
-from training.results import provenance
+from training.results import file_sha256, provenance
 
 EXPORT_FILE = "export.npz"
 DEFAULT_IMAGES = 128
@@ -191,7 +191,7 @@ def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_I
                data_dir: Path | None = None) -> Path:
     """Export a trained run with the first ``n_images`` test images as reference; returns the file path."""
     from training.data import load_split
-    from training.runs import RunDirError, load_model
+    from training.runs import CHECKPOINT, RunDirError, load_model
 
     if n_images < 1:
         raise RunDirError(f"--images={n_images}: the export needs at least one reference image.")
@@ -201,7 +201,8 @@ def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_I
         raise RunDirError(f"--images={n_images} exceeds the {len(test)} test images.")
     try:
         header, arrays = build_export(model, cfg, test.images[:n_images].numpy(), test.labels[:n_images].numpy(),
-                                      run_info={"run_dir": str(Path(run_dir).resolve())})
+                                      run_info={"run_dir": str(Path(run_dir).resolve()),
+                                                "checkpoint_sha256": file_sha256(Path(run_dir) / CHECKPOINT)})
     except ValueError as exc:
         raise RunDirError(f"{run_dir}: {exc}") from exc
     return write_export(out or Path(run_dir) / EXPORT_FILE, header, arrays)
