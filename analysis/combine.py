@@ -46,6 +46,11 @@ def combine_runs(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
                     combine_attrs="drop")
     # the outer join sorts string indexes; restore the runs' order (layers in network order, attacks as run)
     out = out.reindex(seed=seeds, **_label_order(datasets))
+    for var in out.variables.values():
+        # an integer read from a file keeps its on-disk dtype in `encoding`; once the outer join has put
+        # NaN into it, writing it back as that integer would turn NaN into -2**63
+        if var.dtype.kind == "f" and np.dtype(var.encoding.get("dtype", var.dtype)).kind in "iu":
+            var.encoding.pop("dtype")
     out["variant"].attrs["long_name"] = "model variant ({vgg|flex}-{ann|hybrid|stbp})"
     out["seed"].attrs["long_name"] = "training seed"
     out.attrs = shared

@@ -6,11 +6,11 @@ import pytest
 import xarray as xr
 
 import analysis.robustness
-from analysis.combine import combine_runs
+from analysis.combine import combine_files, combine_runs
 from analysis.pipeline import run_stage
 from analysis.settings import AnalysisSettings, AttackSettings, LandscapeSettings, SparsitySettings
 from training.cli import main
-from training.results import read_dataset
+from training.results import read_dataset, write_dataset
 
 FAST = ["--n-images", "24", "--batch-size", "24"]
 FAST_ATTACK = FAST + ["--n-epsilons", "2", "--pgd-steps", "2", "--square-queries", "5"]
@@ -130,3 +130,18 @@ def test_combine_runs_stacks_variants_and_seeds():
     assert ds.run_created.sel(variant="flex-stbp", seed=1).item() == "flex-stbp1"
     with pytest.raises(ValueError, match="duplicate"):
         combine_runs([_toy("a", 0, vgg, 1.0), _toy("a", 0, vgg, 1.0)])
+
+
+def test_combined_files_keep_missing_integer_entries_as_nan(tmp_path):
+    """A count stored as an integer, missing in one run, is NaN in the combined file (not -2**63)."""
+    flex, vgg = ["conv1", "down1", "classifier"], ["conv1", "classifier"]
+    paths = []
+    for variant, layers in (("flex-stbp", flex), ("vgg-stbp", vgg)):
+        ds = _toy(variant, 0, layers, 1.0)
+        ds["neurons"] = ("layer", np.arange(1, len(layers) + 1, dtype=np.int64))
+        write_dataset(ds, tmp_path / f"{variant}.nc")
+        paths.append(tmp_path / f"{variant}.nc")
+    write_dataset(combine_files(paths), tmp_path / "all.nc")
+    neurons = read_dataset(tmp_path / "all.nc").neurons
+    assert np.isnan(float(neurons.sel(variant="vgg-stbp", seed=0, layer="down1")))
+    assert float(neurons.sel(variant="flex-stbp", seed=0, layer="down1")) == 2.0
