@@ -171,8 +171,9 @@ def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str
     write_dataset(summary, Path(root) / SUMMARY)
     print(f"\nBrian2 fidelity (class agreement with PyTorch; exact mode on {plan.images} images, biophysical on "
           f"{plan.bio_images}):")
-    print(f"{'run':<18}" + "".join(f"{s:>17}" for s in summary.simulation.values))
+    width = max(len(str(s)) for s in summary.simulation.values) + 2
+    print(f"{'run':<18}" + "".join(f"{s:>{width}}" for s in summary.simulation.values))
     for run in summary.run.values:
-        print(f"{run:<18}" + "".join(f"{v:17.3f}" for v in summary.class_agreement.sel(run=run).values))
+        print(f"{run:<18}" + "".join(f"{v:{width}.3f}" for v in summary.class_agreement.sel(run=run).values))
     low = float(summary.spike_agreement.min())
     print(f"exact-mode spike agreement, lowest over runs and layers: {low:.6f} (written to {root / SUMMARY})")
