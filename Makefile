@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 export BIOFLEXNET_DATA_DIR := $(abspath $(DATA))
 
-.PHONY: demo test test-all test-cuda install data clean
+.PHONY: demo test test-all test-cuda bench install data clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
@@ -45,6 +45,11 @@ test-all: $(STAMP) data
 test-cuda: $(STAMP) data
 	$(PY) -m pip install -q -e ".[cuda]"
 	$(PY) -m pytest -q -m nvcc tests/test_sim_devices.py
+
+# Brian2 devices side by side on the demo's flex-stbp export (run `make demo` first); prints medians
+BENCH_RUN ?= runs/quick/flex-stbp/seed0
+bench: $(STAMP)
+	$(PY) -m sim.benchmark $(BENCH_RUN) --images 50 --repeats 3 --devices runtime cpp_standalone
 
 clean:
 	rm -rf runs .pytest_cache
