@@ -29,7 +29,7 @@ from analysis.runner import (LANDSCAPE, ROBUSTNESS, SPARSITY, attack_run, checkp
                              sparsity_run)
 from analysis.settings import AnalysisSettings, settings_for, settings_json
 from training.data import Split, load_split
-from training.results import read_dataset, write_dataset
+from training.results import reusable_dataset, write_dataset
 
 
 def twin_variant(variant: str) -> str:
@@ -39,14 +39,8 @@ def twin_variant(variant: str) -> str:
 
 def _reusable(path: Path, settings, run_dir: Path, extra: dict[str, str]) -> xr.Dataset | None:
     """The existing result at ``path`` if it was computed with the same settings from the same checkpoint."""
-    if not path.is_file():
-        return None
-    try:
-        ds = read_dataset(path)
-    except (OSError, ValueError):
-        return None
     expected = {"analysis_settings": settings_json(settings), "checkpoint_sha256": checkpoint_sha256(run_dir), **extra}
-    return ds if all(ds.attrs.get(k) == v for k, v in expected.items()) else None
+    return reusable_dataset(path, expected)
 
 
 def _result(path: Path, settings, run_dir: Path, compute: Callable[[], xr.Dataset], log: list[str],

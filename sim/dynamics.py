@@ -121,7 +121,7 @@ class Dynamics:
     def relay(self) -> dict:
         """Keyword arguments of the NeuronGroup that ORs a max-pool window."""
         if self.exact:
-            return {"model": "n : 1", "threshold": "n > 0.5"}
+            return {"model": "n : 1", "threshold": "n > 0.5", "reset": "n = 0"}  # the window's spikes are passed on
         if self.delta:
             return {"model": "n : 1\nfired : 1", "threshold": "n > 0.5 and fired < 0.5", "reset": "fired = 1"}
         return {"model": "n : 1\nactive : 1", "events": {"on": "n > 0.5 and active < 0.5",

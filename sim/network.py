@@ -141,7 +141,7 @@ class _Builder:
         self.synapses(f"{name}_in", source, relay, conn, "n", weighted=False)
         self.relays.add(name)
         if self.dyn.impulse:
-            self.schedule(relay.thresholder["spike"], *([relay.resetter["spike"]] if self.dyn.delta else []))
+            self.schedule(relay.thresholder["spike"], relay.resetter["spike"])
         else:
             relay.run_on_event("on", "active = 1")
             relay.run_on_event("off", "active = 0")

@@ -21,6 +21,7 @@ import dataclasses
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -80,24 +81,11 @@ def current_export(run_dir: Path, images: int, data_dir: Path | None):
     return read_export(export(run_dir, images, data_dir))
 
 
-def _reusable(path: Path, key: dict[str, str]):
-    """The ``sim.nc`` at ``path`` if it was simulated with exactly ``key`` (export hash and options)."""
-    from training.results import read_dataset
-
-    if not path.is_file():
-        return None
-    try:
-        ds = read_dataset(path)
-    except (OSError, ValueError):
-        return None
-    return ds if all(ds.attrs.get(k) == v for k, v in key.items()) else None
-
-
 def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: str) -> dict[str, xr.Dataset]:
     """Export one run and simulate it; returns ``{"exact": ds, "biophysical_k4": ds, ...}``."""
     from sim.results import options_key, to_dataset
     from sim.simulate import SimOptions, simulate
-    from training.results import file_sha256, write_dataset
+    from training.results import file_sha256, reusable_dataset, write_dataset
 
     ex = current_export(run_dir, plan.images, data_dir)
     export_sha = file_sha256(ex.path)
@@ -116,7 +104,7 @@ def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: 
         folder = Path(run_dir) / "sim" / name
         options = dataclasses.replace(options, build_dir=folder / f"build_{device}")
         key = {"export_sha256": export_sha, "options": options_key(options)}
-        ds = _reusable(folder / "sim.nc", key)
+        ds = reusable_dataset(folder / "sim.nc", key)  # simulated from the same export with these options
         if ds is None:
             ds = to_dataset(simulate(ex, options), ex, options, keep_spikes=name == "exact")
             ds.attrs.update(key)
@@ -160,6 +148,7 @@ def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str
     plan = PLANS.get(profile, PLANS["quick"])
     brian_device = _brian_device(device)
     results = {}
+    t0 = time.perf_counter()
     for (variant, seed), run_dir in sorted(run_dirs.items()):
         if variant not in VARIANTS:
             continue
@@ -177,3 +166,4 @@ def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str
         print(f"{run:<18}" + "".join(f"{v:{width}.3f}" for v in summary.class_agreement.sel(run=run).values))
     low = float(summary.spike_agreement.min())
     print(f"exact-mode spike agreement, lowest over runs and layers: {low:.6f} (written to {root / SUMMARY})")
+    print(f"sim stage: {time.perf_counter() - t0:.0f} s wall")

@@ -57,17 +57,23 @@ def test_device_errors_name_the_remedy(monkeypatch):
 
 @pytest.mark.nvcc
 @needs_cuda_build
-def test_cuda_standalone_generates_code(tmp_path):
+@pytest.mark.parametrize("options", [
+    SimOptions(n_images=1, plasticity=True),
+    SimOptions(n_images=1, mode="biophysical", substeps=2, plasticity=True),
+    SimOptions(n_images=1, mode="biophysical", substeps=2, synapse="pulse"),
+], ids=["exact", "biophysical-delta", "biophysical-pulse"])
+def test_cuda_standalone_generates_code(tmp_path, options):
     """brian2cuda accepts every construct of the network (seconds: generation only, no nvcc run)."""
-    export = random_export(tmp_path / "e.npz", n_images=1)
+    export = random_export(tmp_path / "e.npz", n_images=1, beta=0.6)
     with device_session("cuda_standalone", tmp_path / "cuda"):
-        net = build_network(export, export.arrays["ref.images"][:1], make_timing(export, SimOptions(n_images=1)))
+        net = build_network(export, export.arrays["ref.images"][:1], make_timing(export, options),
+                            options.plasticity)
         net.network.run(net.duration)
         from brian2 import device
 
         device.build(directory=str(tmp_path / "cuda"), compile=False, run=False)
     assert (tmp_path / "cuda" / "makefile").is_file()
-    assert any((tmp_path / "cuda" / "code_objects").glob("conv2_conv_pre_codeobject.cu"))
+    assert any((tmp_path / "cuda" / "code_objects").glob("conv2_conv_*codeobject*.cu"))  # pre, or up/down
 
 
 @pytest.mark.nvcc

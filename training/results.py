@@ -103,3 +103,19 @@ def read_dataset(path: str | os.PathLike) -> xr.Dataset:
     """Open a result file fully into memory (so the file is not held open)."""
     with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:
         return ds.load()
+
+
+def reusable_dataset(path: str | os.PathLike, attrs: dict[str, str]) -> xr.Dataset | None:
+    """The result at ``path`` if it exists, reads, and carries exactly these ``attrs``; else ``None``.
+
+    A stage that keys its results by what they were computed from (a checkpoint's
+    hash, the settings) uses this to skip work that is already done.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        ds = read_dataset(path)
+    except (OSError, ValueError):  # unreadable or half-known: compute it again
+        return None
+    return ds if all(ds.attrs.get(k) == v for k, v in attrs.items()) else None
