@@ -15,9 +15,9 @@ of two synapse models, both delivering the discrete model's charge whatever
 - ``delta`` (default): a jump of the target's membrane by ``w`` units in the
   tick of the spike, as in the discrete model, where a spike's input is added
   in full in the step it is emitted. A spike can cross all layers within one
-  tick. A max-pool relay fires when any input of its window fires and is then
-  refractory like a neuron (one event per window and step). The mask of a
-  flex layer sees the pool charge of the current tick.
+  tick. A max-pool relay fires in the first tick of a step in which any input
+  of its window fires, and not again in that step (the OR over the step). The
+  mask of a flex layer sees the pool charge since the step began.
 - ``pulse``: a rectangular current pulse one step long, switched on by the
   ``up`` pathway and off by the ``down`` pathway one step later. A relay counts
   the active pulses in its window and signals ``on`` / ``off`` when the count
@@ -50,10 +50,7 @@ class Dynamics:
                  synapse: str = "delta"):
         if synapse not in SYNAPSES:
             raise ValueError(f"synapse model {synapse!r} is not one of {SYNAPSES}.")
-        self.bio, self.substeps, self.dt = bio, substeps, dt
-        # every input of a tick is added once (exact mode, delta synapses), or held while a pulse lasts
-        self.impulse = bio is None or synapse == "delta"
-        self.delta = bio is not None and synapse == "delta"
+        self.bio, self.substeps, self.dt, self.synapse = bio, substeps, dt, synapse
         image = np.zeros(steps * substeps)
         image[0] = 1.0
         late = np.ones(steps * substeps)
@@ -90,15 +87,24 @@ class Dynamics:
     def exact(self) -> bool:
         return self.bio is None
 
-    def membrane(self, u: str, held: str | None = None, jump: str | None = None) -> str:
-        """Update of ``v`` by the drive ``u`` of this tick.
+    @property
+    def delta(self) -> bool:
+        """Biophysical mode with delta synapses."""
+        return not self.exact and self.synapse == "delta"
 
-        Delta synapses split ``u`` into the ``held`` part (bias currents) and the ``jump`` part
-        (this tick's synaptic input), ``u = held + jump``; elsewhere ``u`` is held for the tick.
-        """
-        if self.delta and jump is not None:
-            return f"v = {self.leak} + gain*({held}) + unit*({jump})"
+    @property
+    def impulse(self) -> bool:
+        """Every input of a tick is added once (exact mode, delta synapses), not held while a pulse lasts."""
+        return self.exact or self.delta
+
+    def membrane(self, u: str) -> str:
+        """Update of ``v`` by the drive ``u``, held for the tick."""
         return f"v = {self.leak} + {self.gain}{u}"
+
+    def membrane_split(self, held: str, jump: str) -> str:
+        """Delta synapses: update of ``v`` by a ``held`` drive (bias currents) and the ``jump`` of this
+        tick's synaptic charge (``u = held + jump``)."""
+        return f"v = {self.leak} + gain*({held}) + unit*({jump})"
 
     def neuron_state(self) -> str:
         return f"v : {self.v_unit}\n" + ("" if self.exact else "wait : 1\n")

@@ -155,9 +155,10 @@ class _Builder:
         a, name, flex, dyn = self.export.arrays, layer.name, layer.kind == "flex", self.dyn
         ns = {**dyn.namespace, **dyn.constants}
         eqs = dyn.neuron_state() + "acc_c : 1\nacc_p : 1\nIc : 1\nIp : 1\nbias : 1 (constant)\nch : integer (constant)\n"
+        split = dyn.delta and drives is None  # delta synapses into a spike-driven layer: held bias, charge jumps
         if flex:
             eqs += ("m : 1\nthr : 1 (constant)\nlscale : 1 (constant)\nlshift : 1 (constant)\nb : 1 (linked)\n"
-                    "rsel : 1\nrinv : 1\npstep : 1\n")
+                    "rsel : 1\nrinv : 1\n" + ("pstep : 1\n" if split else ""))
         group = self.add(NeuronGroup(layer.n_out, eqs, threshold=dyn.threshold, reset=dyn.reset, clock=self.clock,
                                      namespace=ns, name=name))
         channel = np.repeat(np.arange(layer.c_out), layer.out_size[0] * layer.out_size[1])
@@ -178,7 +179,7 @@ class _Builder:
         if flex:
             update = self._mask(layer, group, channel, ns, source if drives is None else None, conv_src, pool_src)
         else:
-            update = f"Ic = {conv_src}\n" + dyn.membrane("Ic", *(("bias", "acc_c") if drives is None else ()))
+            update = f"Ic = {conv_src}\n" + (dyn.membrane_split("bias", "acc_c") if split else dyn.membrane("Ic"))
         self.schedule(group.run_regularly(update, when="groups", name=f"{name}_update"))
         monitor = self.mask_group(layer, group, channel, plasticity) if flex else None
         self.schedule(group.thresholder["spike"], group.resetter["spike"])
@@ -207,7 +208,7 @@ class _Builder:
             # delta synapses: the bias is held, the tick's synaptic charge jumps; the pathway drives of
             # the plasticity rule are rates, the charge of the tick spread over the tick
             k = self.timing.substeps
-            return code + (f"{dyn.membrane('', 'm*bias', 'Ip + m*(acc_c - Ip)')}\n"
+            return code + (f"{dyn.membrane_split('m*bias', 'Ip + m*(acc_c - Ip)')}\n"
                            f"rsel = clip(bias + {k}*acc_c, 0, inf)\nrinv = clip({k}*Ip, 0, inf)")
         return code + f"{dyn.membrane('(Ip + m*(Ic - Ip))')}\nrsel = clip(Ic, 0, inf)\nrinv = clip(Ip, 0, inf)"
 
