@@ -58,6 +58,11 @@ def _train_command(profile: str, flex: bool, mode: str, seed: int, run_dir: Path
     return cmd
 
 
+def threads_per_job(jobs: int) -> int:
+    """CPU threads each training process gets (OMP_NUM_THREADS): numbers depend on it, so it is recorded."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _epochs_done(run_dir: Path) -> int:
     from training.runs import RunDirError, load_checkpoint
 
@@ -70,7 +75,7 @@ def _epochs_done(run_dir: Path) -> int:
 def train_all(profile: str, root: Path, seeds: Sequence[int], jobs: int, data_dir: Path | None, device: str,
               overrides: Sequence[str]) -> dict[tuple[str, int], Path]:
     """Train (or finish) every variant for every seed; returns ``{(variant, seed): run_dir}``."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_job(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     tasks, run_dirs = [], {}
     for seed in seeds:
@@ -133,6 +138,9 @@ def reproduce(profile: str, root: Path, *, seeds: Sequence[int] = (0,), jobs: in
     run_dirs = train_all(profile, root, seeds, jobs, data_dir, device, overrides)
     wall = time.perf_counter() - t0
     summary = summarise(run_dirs, wall)
+    summary.attrs.update({"train_jobs": jobs, "train_threads_per_job": threads_per_job(jobs),
+                          "note_threads": "each training process ran with OMP_NUM_THREADS=train_threads_per_job; "
+                                          "the same seed reproduces its numbers with that thread count"})
     write_dataset(summary, root / SUMMARY)
     print(f"\ntraining phase: {wall:.0f} s wall ({jobs} parallel jobs)")
     print(f"{'variant':<14}" + "".join(f"  seed{s} acc  train s" for s in summary.seed.values))

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -85,7 +86,11 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None) ->
         "xarray_version": _version("xarray"),
         "host": platform.node(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # the same seed gives the same numbers only with the same thread count (float sums are reordered)
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
     }
+    if "torch" in sys.modules:  # never import torch here: sim/ uses this module without it
+        attrs["torch_num_threads"] = str(sys.modules["torch"].get_num_threads())
     if config is not None:
         attrs["config"] = json.dumps(config, sort_keys=True)
     if seed is not None:
