@@ -151,6 +151,7 @@ def test_temp_file_of_an_interrupted_write_is_removed_on_the_next_start(tiny, tm
     ("seed=99999999999999999999", "seed=99999999999999999999 is out of range"),
     ("train.epochs=1e30", "train.epochs=1e+30 must be an integer"),
     ("train.epochs=99999999999999999999", "is out of range"),
+    ("model.width=1e6", "model.width=1000000.0 must be > 0 and <= 64"),
 ])
 def test_bad_set_values_are_one_line(item, fragment, tmp_path, capsys):
     rc, out = _run(capsys, "train", "--profile", "smoke", "--out", tmp_path / "r", "--set", item,
