@@ -389,3 +389,11 @@ def test_readme_states_the_determinism_guarantee_exactly():
     text = " ".join((ROOT / "README.md").read_text().split())
     assert "The same seed, on the same machine with the same number of threads, gives the same numbers" in text
     assert "The same seed on the CPU gives the same numbers" not in text
+
+
+def test_one_reproduce_per_root(tmp_path, capsys):
+    root = tmp_path / "root"
+    with RunLock(root, "bioflexnet reproduce (the first)"):
+        rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", tmp_path / "no-data")
+    assert rc == 2
+    _one_line_error(out, f"pid {os.getpid()}", "bioflexnet reproduce (the first)")

@@ -134,12 +134,21 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from training.data import resolve_data_dir
     from training.reproduce import reproduce
+    from training.runlock import RunLock, describe_takeover, remove_stale_temps
 
-    output_dir(args.out or Path("runs") / args.profile)
+    root = output_dir(args.out or Path("runs") / args.profile)
     make_config(args.profile, overrides=args.overrides)  # every --set value checked before anything starts
     resolve_data_dir(args.data_dir)
-    reproduce(args.profile, args.out or Path("runs") / args.profile, seeds=args.seeds, jobs=args.jobs,
-              data_dir=args.data_dir, device=_device(args.device), overrides=args.overrides)
+    device = _device(args.device)
+    # one reproduce per root (each training job also locks its own run directory)
+    with RunLock(root) as lock:
+        notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
+                                             "interrupted write" for d in (root, root / "figures")
+                                             for p in remove_stale_temps(d)]
+        for line in filter(None, notes):
+            print(line, flush=True)
+        reproduce(args.profile, root, seeds=args.seeds, jobs=args.jobs, data_dir=args.data_dir, device=device,
+                  overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

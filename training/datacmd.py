@@ -96,7 +96,7 @@ def cmd_data(args: argparse.Namespace) -> None:
         if script is not None:
             prepare(root, script)
         elif args.offline:
-            raise cifar.DataError(cifar._missing_message(root))
+            raise cifar.DataError(f"{cifar._missing_message(root)} (--offline: no download was tried)")
         else:
             cifar._download(root)
     print("\n".join(verify(root)))
