@@ -152,6 +152,8 @@ def test_temp_file_of_an_interrupted_write_is_removed_on_the_next_start(tiny, tm
     ("train.epochs=1e30", "train.epochs=1e+30 must be an integer"),
     ("train.epochs=99999999999999999999", "is out of range"),
     ("model.width=1e6", "model.width=1000000.0 must be > 0 and <= 64"),
+    ("model.time_steps=100000000", "model.time_steps=100000000 must be >= 1 and <= 1000"),
+    ("model.num_classes=5", "model.num_classes=5 is smaller than CIFAR-10's 10 classes"),
 ])
 def test_bad_set_values_are_one_line(item, fragment, tmp_path, capsys):
     rc, out = _run(capsys, "train", "--profile", "smoke", "--out", tmp_path / "r", "--set", item,
@@ -185,6 +187,15 @@ def test_train_out_that_is_a_file_fails_before_any_work(sub, tmp_path, capsys):
     rc, out = _run(capsys, "train", "--profile", "smoke", "--out", target, "--data-dir", tmp_path / "no-data")
     assert rc == 2 and f.read_text() == "a file"
     _one_line_error(out, f"--out {target}", "is a file")
+
+
+def test_export_out_under_a_file_fails_before_exporting(tiny, tmp_path, capsys):
+    _, run = tiny
+    f = tmp_path / "F"
+    f.write_text("a file")
+    rc, out = _run(capsys, "export", run, "--out", f / "e.npz", "--data-dir", tmp_path / "no-data")
+    assert rc == 2
+    _one_line_error(out, "is a file, not a directory")
 
 
 def test_sim_out_that_is_a_file_fails_before_simulating(tmp_path, capsys):

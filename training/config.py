@@ -93,7 +93,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.width <= 64, "model.width", self.width, "must be > 0 and <= 64 (1.0 = the paper's channel counts)")
-        _check(self.time_steps >= 1, "model.time_steps", self.time_steps, "must be >= 1")
+        _check(1 <= self.time_steps <= 1000, "model.time_steps", self.time_steps, "must be >= 1 and <= 1000")
         _check(0.0 <= self.beta <= 1.0, "model.beta", self.beta, "is the membrane decay per step and must lie in [0, 1]")
         _check(self.theta > 0, "model.theta", self.theta, "is the firing threshold and must be > 0")
         _check(self.surrogate_alpha > 0, "model.surrogate_alpha", self.surrogate_alpha, "must be > 0")

@@ -249,6 +249,9 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | Non
     an error naming this process), and temporary files of writes interrupted earlier are removed first.
     """
     run_dir = Path(run_dir)
+    if cfg.model.num_classes < len(cifar.CLASSES):  # checked before any work: the labels would not fit the logits
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} is smaller than CIFAR-10's "
+                          f"{len(cifar.CLASSES)} classes; use {len(cifar.CLASSES)}.")
     with RunLock(run_dir) as lock:
         for line in [describe_takeover(lock)] + [f"{run_dir}: removed {p.name}, a temporary file left by an "
                                                  "interrupted write" for p in remove_stale_temps(run_dir)]:
