@@ -151,9 +151,16 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
                   overrides=args.overrides)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (what was wrong and where to look), exit code 2, like every user error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bioflexnet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _OneLineParser(prog="bioflexnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
     add_train(sub)
     add_evaluate(sub)
     add_reproduce(sub)
