@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synapse", choices=["delta", "pulse"], default="delta",
                    help="biophysical mode: a spike makes its targets' membranes jump (delta, default) or drives them "
                         "with a current pulse one step long (pulse)")
-    p.add_argument("--tau-m-ms", type=finite_float(positive=True), default=10.0, help="biophysical mode: membrane time constant (ms)")
+    p.add_argument("--tau-m-ms", type=finite_float(positive=True), default=10.0,
+                   help="biophysical mode: membrane time constant (ms)")
     p.add_argument("--refractory-ms", type=finite_float(0.0), default=None,
                    help="biophysical mode: absolute refractory period (ms; default one step)")
     p.add_argument("--build-dir", type=Path, default=None,
