@@ -23,13 +23,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# CIFAR-10: prepared from ../shared/data where that exists (this project's machines and CI),
-# else the official archive is downloaded (checksum verified) on first use.
-SHARED_CIFAR = ../shared/data/cifar10/prepare_cifar10.py
+# CIFAR-10: located, else prepared from ../shared/data where that exists (this project's machines and CI),
+# else the official archive is downloaded (checksum verified); then every file is loaded and checked.
 data: $(STAMP)
-	@if [ ! -f "$(DATA)/cifar-10-batches-py/test_batch" ] && [ -f $(SHARED_CIFAR) ]; then \
-		echo "preparing CIFAR-10 from $(SHARED_CIFAR)"; $(PY) $(SHARED_CIFAR) "$(DATA)"; fi
-	$(PY) -c 'from training.data import load_split; load_split("test"); load_split("train")'
+	$(VENV)/bin/bioflexnet data --data-dir "$(DATA)"
 
 demo: $(STAMP) data
 	$(VENV)/bin/bioflexnet reproduce --profile quick --out runs/quick

@@ -29,7 +29,10 @@ def _common(p: argparse.ArgumentParser, default_name: str) -> None:
 def _settings(args: argparse.Namespace, kind: str):
     """The run's (or --profile's) preset with every given option replaced, validated again."""
     from training.runs import run_config
+    from training.validate import output_file
 
+    if args.out is not None:
+        output_file(args.out)  # before the analysis: a bad --out must not cost its run
     preset = getattr(settings_for(args.profile or run_config(args.run_dir).profile), kind)
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(preset)
                if getattr(args, f.name, None) is not None}

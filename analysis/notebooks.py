@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from training.cli import CLIError
 from training.results import atomic_path
+from training.validate import output_dir
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # name -> files under ROOT that the notebook reads (glob patterns)
@@ -25,6 +27,22 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "fidelity": ("sim_summary.nc",),
     "claims": ("claims.nc",),
 }
+# files a notebook reads when they are there
+OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {"fidelity": ("*/seed*/sim/exact_plasticity/sim.nc",)}
+
+
+class NotebookError(CLIError):
+    """A figure notebook failed; the message says which and why, in one line."""
+
+
+def check_inputs(root: Path, name: str) -> None:
+    """Read every result file notebook ``name`` reads, before it runs: a corrupt one raises
+    :class:`training.results.ResultFileError` naming the file and the command that regenerates it."""
+    from training.results import read_dataset
+
+    for pattern in NOTEBOOKS[name] + OPTIONAL_INPUTS.get(name, ()):
+        for path in sorted(root.glob(pattern)):
+            read_dataset(path)
 
 
 def run_notebooks(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -46,12 +64,17 @@ def run_notebooks(root: str | os.PathLike, out_dir: str | os.PathLike | None = N
         if missing:
             print(f"figures: skipping {name}: no {', '.join(missing)} under {root}", flush=True)
             continue
+        check_inputs(root, name)
         target = out_dir / f"{name}.ipynb"
         with atomic_path(target) as tmp:
-            papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp),
-                                       parameters={"root": str(root.resolve()), "out_dir": str(out_dir.resolve()),
-                                                   **(parameters or {})},
-                                       kernel_name="python3", progress_bar=False, cwd=str(out_dir))
+            try:
+                papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp),
+                                           parameters={"root": str(root.resolve()), "out_dir": str(out_dir.resolve()),
+                                                       **(parameters or {})},
+                                           kernel_name="python3", progress_bar=False, cwd=str(out_dir))
+            except papermill.PapermillExecutionError as exc:
+                raise NotebookError(f"notebook {name} failed on the results under {root}: {exc.ename}: "
+                                    f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}") from None
         print(f"figures: {name} -> {target}", flush=True)
         done.append(target)
     return done
@@ -63,7 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("root", type=Path, help="output root of `bioflexnet reproduce` (e.g. runs/quick)")
     p.add_argument("--out", type=Path, default=None, help="figure directory (default ROOT/figures)")
     p.add_argument("--only", nargs="+", choices=sorted(NOTEBOOKS), default=None)
-    p.set_defaults(func=lambda args: run_notebooks(args.root, args.out, args.only))
+    p.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    if not args.root.is_dir():
+        raise CLIError(f"{args.root} is not a directory; give the output root of `bioflexnet reproduce` "
+                       "(e.g. runs/quick).")
+    output_dir(args.out or args.root / "figures")
+    run_notebooks(args.root, args.out, args.only)
 
 
 def run_stage(root: Path, run_dirs: dict, *, profile: str, data_dir: Path | None, device: str) -> None:

@@ -9,6 +9,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from training.validate import finite_float, output_dir, seed_int
+
 EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
 RESULT_FILE = "sim.nc"
 
@@ -38,15 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synapse", choices=["delta", "pulse"], default="delta",
                    help="biophysical mode: a spike makes its targets' membranes jump (delta, default) or drives them "
                         "with a current pulse one step long (pulse)")
-    p.add_argument("--tau-m-ms", type=float, default=10.0, help="biophysical mode: membrane time constant (ms)")
-    p.add_argument("--refractory-ms", type=float, default=None,
+    p.add_argument("--tau-m-ms", type=finite_float(positive=True), default=10.0,
+                   help="biophysical mode: membrane time constant (ms)")
+    p.add_argument("--refractory-ms", type=finite_float(0.0), default=None,
                    help="biophysical mode: absolute refractory period (ms; default one step)")
     p.add_argument("--build-dir", type=Path, default=None,
                    help="standalone devices: project directory (default OUT/build_DEVICE)")
     p.add_argument("--build-only", action="store_true", help="standalone devices: generate and compile, do not run")
     p.add_argument("--fresh-poisson", action="store_true",
                    help="Poisson-encoded runs: draw new input spikes (default: replay the reference's, exactly)")
-    p.add_argument("--seed", type=int, default=0, help="seed of Brian2's random numbers (--fresh-poisson)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of Brian2's random numbers (--fresh-poisson)")
     p.add_argument("--no-spikes", dest="keep_spikes", action="store_false",
                    help="leave the full spike arrays out of sim.nc (the fidelity figures are kept)")
     p.set_defaults(func=cmd_sim)
@@ -65,6 +68,9 @@ def cmd_sim(args: argparse.Namespace) -> None:
     from training.results import write_dataset
 
     out = args.out or (args.run_dir.parent if args.run_dir.suffix == ".npz" else args.run_dir) / "sim"
+    output_dir(out)  # before the simulation: a bad --out must not cost its run
+    if args.build_dir is not None:
+        output_dir(args.build_dir, "--build-dir")
     substeps = args.substeps if args.substeps is not None else (10 if args.mode == "biophysical" else 1)
     options = SimOptions(n_images=args.images or 0, mode=args.mode, device=args.device, plasticity=args.plasticity,
                          substeps=substeps, synapse=args.synapse, tau_m_ms=args.tau_m_ms, refractory_ms=args.refractory_ms,

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from training.config import PROFILES, Arch, ConfigError, Mode, make_config
+from training.validate import PathError, int_in, output_dir, positive_int, seed_int
 
-EXTENSIONS = ("training.export", "sim.cli", "analysis.cli", "analysis.notebooks")
+EXTENSIONS = ("training.export", "training.datacmd", "sim.cli", "analysis.cli", "analysis.notebooks")
 EXIT_USER_ERROR = 2
 
 
@@ -22,27 +23,47 @@ class CLIError(RuntimeError):
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
+    """``auto`` resolved; any other name checked against the devices this machine's torch can use."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto.") from None
+    if dev.type == "cpu":
+        return name
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise CLIError(f"--device {name}: {why} (torch {torch.__version__}); use --device cpu or auto.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise CLIError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}.")
+        return name
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return name
+    raise CLIError(f"--device {name}: {dev.type} is not available to bioflexnet on this machine; use cpu, cuda, "
+                   "cuda:N or auto.")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model into a run directory",
-                       description="Train one variant. With --resume, continue the run in --out "
-                                   "(its config.json is used; options given must agree with it).")
+                       description="Train one variant. With --resume, continue the run in --out from its "
+                                   "checkpoint.pt, with the config stored in that checkpoint (config.json is only "
+                                   "a copy for reading); options given must agree with it.")
     p.add_argument("--model", choices=[a.value for a in Arch], default=None, help="backbone (default: the profile's)")
     p.add_argument("--mode", choices=[m.value for m in Mode], default=None, help="ann | hybrid | stbp (default stbp)")
     p.add_argument("--flex", action=argparse.BooleanOptionalAction, default=None,
                    help="PlasticFlex layers (--no-flex: the VGG baseline; default --flex)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None, help="preset (default quick)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=None, help="random seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, e.g. model.time_steps=4 or train.epochs=3 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its checkpoint.pt (the checkpoint's config is used)")
     p.add_argument("--data-dir", type=Path, default=None, help="directory holding cifar-10-batches-py/ "
                    "(default $BIOFLEXNET_DATA_DIR or ./data)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -50,10 +71,17 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.runs import run_config
+    from training.data import resolve_data_dir
+    from training.runs import CHECKPOINT, run_config
     from training.trainer import train_run
 
+    output_dir(args.out)
+    resolve_data_dir(args.data_dir)
+    device = _device(args.device)
     if args.resume:
+        if args.out.is_dir() and not (args.out / CHECKPOINT).is_file():
+            raise CLIError(f"--resume: {args.out} has no {CHECKPOINT}, so no epoch has finished and there is nothing "
+                           "to resume; run the same command without --resume to start it again.")
         saved = run_config(args.out)
         cfg = make_config(args.profile or saved.profile, arch=args.model or saved.model.arch.value,
                           mode=args.mode or saved.model.mode.value,
@@ -65,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = make_config(args.profile or "quick", arch=args.model, mode=args.mode,
                           flex=True if args.flex is None else args.flex,
                           seed=0 if args.seed is None else args.seed, overrides=args.overrides)
-    train_run(cfg, args.out, data_dir=args.data_dir, device=_device(args.device), resume=args.resume)
+    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=args.resume)
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -73,14 +101,17 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=1000)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.data import resolve_data_dir
     from training.evaluation import evaluate_run
 
-    ds = evaluate_run(args.run_dir, data_dir=args.data_dir, device=_device(args.device), batch_size=args.batch_size)
+    device = _device(args.device)
+    resolve_data_dir(args.data_dir)
+    ds = evaluate_run(args.run_dir, data_dir=args.data_dir, device=device, batch_size=args.batch_size)
     print(f"{args.run_dir}: test accuracy {float(ds.test_accuracy):.4f}, test loss {float(ds.test_loss):.4f} "
           f"on {int(ds.attrs['n_images'])} images (written to {args.run_dir / 'evaluation.nc'})")
 
@@ -91,12 +122,13 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                                    "processes), then the Brian2 simulation, the analyses and the figure notebooks.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0],
                    help="training seeds; claims need >= 3 (paired FLEX - VGG intervals over seeds)")
     p.add_argument("--ablations", action="store_true",
                    help="also train the ablations (lambda = 0, mask = 1, no 3x3 pool path, down-sampling neurons "
                         "off, classic max-pool VGG) in stbp mode for every seed; table in ROOT/ablations.md")
-    p.add_argument("--jobs", type=int, default=None, help="parallel training processes (default: CPU cores, at most 6)")
+    p.add_argument("--jobs", type=int_in(1, 256), default=None,
+                   help="parallel training processes (default: CPU cores, at most 6)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -104,15 +136,35 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from training.data import resolve_data_dir
     from training.reproduce import reproduce
+    from training.runlock import RunLock, describe_takeover, remove_stale_temps
 
-    reproduce(args.profile, args.out or Path("runs") / args.profile, seeds=args.seeds, jobs=args.jobs,
-              data_dir=args.data_dir, device=_device(args.device), overrides=args.overrides, ablations=args.ablations)
+    root = output_dir(args.out or Path("runs") / args.profile)
+    make_config(args.profile, overrides=args.overrides, ablations=args.ablations)  # every --set value checked before anything starts
+    resolve_data_dir(args.data_dir)
+    device = _device(args.device)
+    # one reproduce per root (each training job also locks its own run directory)
+    with RunLock(root) as lock:
+        notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
+                                             "interrupted write" for d in (root, root / "figures")
+                                             for p in remove_stale_temps(d)]
+        for line in filter(None, notes):
+            print(line, flush=True)
+        reproduce(args.profile, root, seeds=args.seeds, jobs=args.jobs, data_dir=args.data_dir, device=device,
+                  overrides=args.overrides, ablations=args.ablations)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (what was wrong and where to look), exit code 2, like every user error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bioflexnet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _OneLineParser(prog="bioflexnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
     add_train(sub)
     add_evaluate(sub)
     add_reproduce(sub)
@@ -125,12 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training.data import DataError
+    from training.results import ResultFileError
+    from training.runlock import LockHeld
     from training.runs import RunDirError
     from training.trainer import TrainingDiverged
 
     try:
         args.func(args)
-    except (ConfigError, DataError, RunDirError, TrainingDiverged, CLIError) as exc:
+    except (ConfigError, DataError, RunDirError, TrainingDiverged, CLIError, LockHeld, PathError,
+            ResultFileError) as exc:
         print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

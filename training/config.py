@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 CONFIG_FORMAT = 1
+SEED_MAX = 2**32 - 1  # seeds are combined with epoch offsets into torch's 64-bit generator seeds
+INT_LIMIT = 2**31 - 1  # no count in a config comes near this; larger values only overflow torch/numpy later
 
 
 class ConfigError(ValueError):
@@ -121,8 +124,8 @@ class ModelConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        _check(self.width > 0, "model.width", self.width, "must be > 0 (1.0 = the paper's channel counts)")
-        _check(self.time_steps >= 1, "model.time_steps", self.time_steps, "must be >= 1")
+        _check(0 < self.width <= 64, "model.width", self.width, "must be > 0 and <= 64 (1.0 = the paper's channel counts)")
+        _check(1 <= self.time_steps <= 1000, "model.time_steps", self.time_steps, "must be >= 1 and <= 1000")
         _check(0.0 <= self.beta <= 1.0, "model.beta", self.beta, "is the membrane decay per step and must lie in [0, 1]")
         _check(self.theta > 0, "model.theta", self.theta, "is the firing threshold and must be > 0")
         _check(self.surrogate_alpha > 0, "model.surrogate_alpha", self.surrogate_alpha, "must be > 0")
@@ -202,7 +205,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.profile in PROFILES, "profile", self.profile, f"is not a profile; choose one of {sorted(PROFILES)}")
-        _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        _check(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"must be an integer in [0, {SEED_MAX}]")
 
     @property
     def variant(self) -> str:
@@ -385,13 +388,19 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and abs(value) <= INT_LIMIT:
                 return int(value)
             raise ConfigError(f"{name}={value!r} must be an integer.")
+        if name == "seed" and not 0 <= value <= SEED_MAX:
+            raise ConfigError(f"seed={value!r} is out of range; a seed is an integer in [0, {SEED_MAX}].")
+        if abs(value) > INT_LIMIT:
+            raise ConfigError(f"{name}={value!r} is out of range; integers here must lie within ±{INT_LIMIT}.")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}={value!r} must be a number.")
+        if abs(value) > 1e300 or not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r} must be a finite number.")
         return float(value)
     if tp is str:
         return str(value)

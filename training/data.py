@@ -31,8 +31,58 @@ TEST_FILES = ("test_batch",)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+# md5 of each file of the official archive (as published with it; torchvision checks the same values)
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+# the only globals a CIFAR-10 batch pickle refers to: numpy's array reconstruction (numpy 1 and 2 module
+# names) and, for files written by Python 2, the codec that turns its byte strings back into bytes
+_BATCH_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
 class DataError(RuntimeError):
     """The dataset is missing, incomplete or unreadable."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a data file can never run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds "
+                                         "(refused: loading it could run code)")
+        return super().find_class(module, name)
+
+
+def load_pickle(path: str | os.PathLike) -> object:
+    """Unpickle a CIFAR-10 file with :class:`_BatchUnpickler` (latin1 strings, as the official files need)."""
+    with open(path, "rb") as f:
+        return _BatchUnpickler(f, encoding="latin1").load()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir``, else ``$BIOFLEXNET_DATA_DIR``, else ``./data``; refused if it exists and is not a directory."""
+    source = "--data-dir" if data_dir is not None else \
+        "BIOFLEXNET_DATA_DIR" if "BIOFLEXNET_DATA_DIR" in os.environ else "the default data directory"
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if str(root) == "":
+        raise DataError(f"{source} is empty; point it at the directory that holds (or will hold) {FOLDER}/.")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{source}={root} is a file, not a directory; point it at the directory that holds "
+                        f"{FOLDER}/ (or will: `bioflexnet data --data-dir DIR` fills it).")
+    if (root / FOLDER).exists() and not (root / FOLDER).is_dir():
+        raise DataError(f"{root / FOLDER} is a file, not a directory; remove it and run `bioflexnet data`.")
+    return root
 
 
 class Split(NamedTuple):
@@ -53,7 +103,7 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None, device: st
     """Load ``"train"`` (50,000 images) or ``"test"`` (10,000 images) onto ``device``."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} is not a CIFAR-10 split; use 'train' or 'test'.")
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    root = resolve_data_dir(data_dir)
     folder = root / FOLDER
     names = TRAIN_FILES if split == "train" else TEST_FILES
     if not all((folder / n).is_file() for n in names):
@@ -71,8 +121,7 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None, device: st
 
 def _read_batch(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+        batch = load_pickle(path)
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = list(batch["labels"])
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
@@ -82,6 +131,10 @@ def _read_batch(path: Path) -> dict:
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
         raise DataError(f"{path} has data of shape {data.shape} and {len(labels)} labels; "
                         "expected [N, 3072] uint8 pixels and N labels (the official layout).")
+    codes = np.asarray(labels)
+    if codes.size and (codes.dtype.kind not in "iu" or codes.min() < 0 or codes.max() >= len(CLASSES)):
+        raise DataError(f"{path} has labels that are not class indices 0..{len(CLASSES) - 1} (dtype {codes.dtype}); "
+                        "the file is corrupt: replace it with the official one (`bioflexnet data` says how).")
     return {"data": data, "labels": labels}
 
 

@@ -229,6 +229,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from training.validate import output_file
+
+    output_file(args.out or Path(args.run_dir) / EXPORT_FILE)  # before the export's work
     path = export_run(args.run_dir, args.out, args.images, args.data_dir)
     print(f"{args.run_dir}: exported to {path} ({path.stat().st_size / 1e6:.1f} MB, "
           f"{args.images} reference images)")

@@ -217,7 +217,70 @@ def _require(ok: bool, source: str, what: str) -> None:
         raise ExportError(f"{source}: malformed header: {what}.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _check_field(ok: bool, source: str, name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ExportError(f"{source}: malformed header: {name}={value!r} {rule}; export the run again with "
+                          "`bioflexnet export RUN_DIR`.")
+
+
+def _check_header_types(header: dict[str, Any], source: str) -> None:
+    """Every header field the reader and the simulator use: present, of the right type, in range."""
+    model = header.get("model")
+    _require(isinstance(model, dict), source, "no 'model' object")
+    for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "num_classes"):
+        _require(key in model, source, f"model.{key} is missing")
+    _check_field(_is_int(model["steps"]) and 1 <= model["steps"] <= 100_000, source, "model.steps", model["steps"],
+                 "must be an integer in [1, 100000]")
+    for key, rule, ok in (("beta", "must be a finite number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+                          ("theta", "must be a finite number > 0", lambda v: v > 0),
+                          ("plasticity_rate", "must be a finite number >= 0", lambda v: v >= 0)):
+        _check_field(_is_number(model[key]) and ok(model[key]), source, f"model.{key}", model[key], rule)
+    _check_field(_is_int(model["num_classes"]) and 2 <= model["num_classes"] <= 100_000, source, "model.num_classes",
+                 model["num_classes"], "must be an integer in [2, 100000]")
+    for key in ("reset", "mask_sigma", "encoding"):
+        _check_field(isinstance(model[key], str), source, f"model.{key}", model[key], "must be a string")
+    reference = header.get("reference", {})
+    if isinstance(reference, dict) and "input_seed" in reference:
+        _check_field(_is_int(reference["input_seed"]) and 0 <= reference["input_seed"] < 2**32, source,
+                     "reference.input_seed", reference["input_seed"], "must be an integer in [0, 2**32)")
+    layers = header.get("layers")
+    _require(isinstance(layers, list) and len(layers) > 0, source, "no 'layers' list")
+    names = set()
+    for i, d in enumerate(layers):
+        keys = ("name", "kind", "c_in", "c_out", "in_size", "out_size", "kernel", "stride", "padding")
+        _require(isinstance(d, dict) and all(k in d for k in keys), source, f"layer {i} lacks one of {keys}")
+        where = f"layers[{i}]"
+        _check_field(isinstance(d["name"], str) and d["name"].isidentifier() and d["name"] not in names, source,
+                     f"{where}.name", d["name"], "must be a unique identifier")
+        names.add(d["name"])
+        where = f"layers[{i}] ({d['name']})"
+        for key, low in (("c_in", 1), ("c_out", 1), ("kernel", 1), ("stride", 1), ("padding", 0)):
+            _check_field(_is_int(d[key]) and low <= d[key] <= 100_000, source, f"{where}.{key}", d[key],
+                         f"must be an integer in [{low}, 100000]")
+        for key in ("in_size", "out_size"):
+            _check_field(isinstance(d[key], list) and len(d[key]) == 2 and all(_is_int(v) and 1 <= v <= 100_000
+                                                                                for v in d[key]),
+                         source, f"{where}.{key}", d[key], "must be a list of two integers in [1, 100000]")
+        _check_field(d.get("kind") == "conv" or d["padding"] <= d["kernel"] // 2, source, f"{where}.padding",
+                     d["padding"], f"must be at most half the kernel ({d['kernel']}) where a max-pool runs")
+    for key in ("run", "reference"):
+        _check_field(isinstance(header.get(key, {}), dict), source, key, header.get(key), "must be an object")
+    readout = header.get("readout")
+    _require(isinstance(readout, dict), source, "no 'readout' object")
+    _check_field(_is_int(readout.get("features")) and readout["features"] >= 1, source, "readout.features",
+                 readout.get("features"), "must be a positive integer")
+
+
 def _check_header(header: dict[str, Any], source: str) -> None:
+    _check_header_types(header, source)
     model = header.get("model")
     _require(isinstance(model, dict), source, "no 'model' object")
     for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "plasticity_decay",

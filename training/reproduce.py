@@ -74,6 +74,11 @@ def _train_command(profile: str, flex: bool, mode: str, seed: int, run_dir: Path
     return cmd
 
 
+def threads_per_job(jobs: int) -> int:
+    """CPU threads each training process gets (OMP_NUM_THREADS): numbers depend on it, so it is recorded."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _epochs_done(run_dir: Path) -> int:
     from training.runs import RunDirError, load_checkpoint
 
@@ -89,7 +94,7 @@ def train_all(profile: str, root: Path, seeds: Sequence[int], jobs: int, data_di
 
     Returns ``({(variant, seed): run_dir}, {(ablation, seed): run_dir})``.
     """
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_job(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     plan = [(variant_name(flex, mode), flex, mode, ()) for flex, mode in VARIANTS]
     if ablations:
@@ -215,6 +220,9 @@ def reproduce(profile: str, root: Path, *, seeds: Sequence[int] = (0,), jobs: in
     run_dirs, ablation_dirs = train_all(profile, root, seeds, jobs, data_dir, device, overrides, ablations)
     wall = time.perf_counter() - t0
     summary = summarise(run_dirs, wall)
+    summary.attrs.update({"train_jobs": jobs, "train_threads_per_job": threads_per_job(jobs),
+                          "note_threads": "each training process ran with OMP_NUM_THREADS=train_threads_per_job; "
+                                          "the same seed reproduces its numbers with that thread count"})
     write_dataset(summary, root / SUMMARY)
     print(f"\ntraining phase: {wall:.0f} s wall ({jobs} parallel jobs)")
     print(f"{'variant':<14}{'params':>9}" + "".join(f"  seed{s} val / test  train s" for s in summary.seed.values))

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -85,7 +86,11 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None) ->
         "xarray_version": _version("xarray"),
         "host": platform.node(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # the same seed gives the same numbers only with the same thread count (float sums are reordered)
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
     }
+    if "torch" in sys.modules:  # never import torch here: sim/ uses this module without it
+        attrs["torch_num_threads"] = str(sys.modules["torch"].get_num_threads())
     if config is not None:
         attrs["config"] = json.dumps(config, sort_keys=True)
     if seed is not None:
@@ -99,10 +104,56 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike) -> None:
         ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
 
 
+class ResultFileError(ValueError):
+    """A result file is missing or unreadable; the message names it and the command that writes it again."""
+
+
+# file name -> (command that writes it again, for a run directory / for a reproduce root)
+_REGENERATE = {
+    "metrics.nc": "bioflexnet train --out {run} --resume (rewrites it from checkpoint.pt)",
+    "evaluation.nc": "bioflexnet evaluate {run}",
+    "robustness.nc": "bioflexnet attack {run}",
+    "sparsity.nc": "bioflexnet sparsity {run}",
+    "landscape.nc": "bioflexnet landscape {run}",
+    "sim.nc": "bioflexnet sim {run}",
+}
+_ROOT_FILES = ("training_summary.nc", "sim_summary.nc", "robustness.nc", "sparsity.nc", "landscape.nc")
+
+
+def regenerate_hint(path: str | os.PathLike) -> str:
+    """The command that writes ``path`` again (best guess from its name and place)."""
+    path = Path(path)
+    run = path.parent
+    if path.name == "sim.nc":  # RUN/sim/sim.nc or RUN/sim/<setting>/sim.nc
+        run = next((p for p in path.parents if (p / "checkpoint.pt").is_file() or (p / "export.npz").is_file()),
+                   path.parent.parent)
+        if path.parent == run / "sim":
+            return f"bioflexnet sim {run}"
+        return (f"bioflexnet reproduce on the root that holds {run} (it redoes unreadable simulations), or "
+                f"bioflexnet sim {run} --out {path.parent} with that setting's options")
+    if path.name in _ROOT_FILES and not (run / "checkpoint.pt").is_file():
+        return f"delete it and run `bioflexnet reproduce --out {run}` again (finished stages are reused)"
+    if path.name in _REGENERATE:
+        return _REGENERATE[path.name].format(run=run)
+    return "the bioflexnet command that wrote it"
+
+
 def read_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Open a result file fully into memory (so the file is not held open)."""
-    with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:
-        return ds.load()
+    """Open a result file fully into memory (so the file is not held open).
+
+    A missing or unreadable file raises :class:`ResultFileError` naming the file and the command that
+    regenerates it (not the netCDF library's traceback).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResultFileError(f"result file {path} does not exist; write it with: {regenerate_hint(path)}.")
+    try:
+        with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:
+            return ds.load()
+    except Exception as exc:  # noqa: BLE001 - h5py, netCDF and xarray raise many types for one cause: a bad file
+        raise ResultFileError(f"result file {path} is corrupt or not a netCDF result ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); regenerate it with: "
+                              f"{regenerate_hint(path)}.") from exc
 
 
 def reusable_dataset(path: str | os.PathLike, attrs: dict[str, str]) -> xr.Dataset | None:

@@ -30,7 +30,8 @@ from training import data as cifar
 from training.config import ConfigError, RunConfig
 from training.models import ModelOutput, SpikingVGG, build_model, parameter_count
 from training.results import provenance, write_dataset, write_json
-from training.runs import (CHECKPOINT, METRICS, PROVENANCE, RunDirError, load_checkpoint, run_config,
+from training.runlock import RunLock, describe_takeover, remove_stale_temps
+from training.runs import (CHECKPOINT, CONFIG, METRICS, PROVENANCE, RunDirError, load_checkpoint, run_config,
                            save_checkpoint, write_config)
 
 
@@ -134,10 +135,7 @@ class Trainer:
                 out = model.run(x)
                 loss = F.cross_entropy(out.logits, y, label_smoothing=tc.label_smoothing)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1} (global step {step}); "
-                        f"training stopped. The last good checkpoint (after epoch {epoch}) in {run_dir} is intact; "
-                        "lower train.lr or change the neuron parameters and start a new run.")
+                    raise TrainingDiverged(_diverged_message(loss.item(), epoch, i, step, run_dir))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -186,8 +184,26 @@ class Trainer:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if state["epoch"] >= self.cfg.train.epochs:
-            print(f"{self.run_dir}: all {self.cfg.train.epochs} epochs are done; nothing to resume.", flush=True)
+            # rewrite metrics.nc from the checkpoint's history: `train --resume` is how a lost or corrupt one comes back
+            write_dataset(metrics_dataset(list(state["history"]), model.names_with_neurons(), self.cfg,
+                                          state.get("provenance") or provenance(self.cfg.to_dict(), self.cfg.seed),
+                                          state.get("test"), parameter_count(model)),
+                          Path(self.run_dir) / METRICS)
+            print(f"{self.run_dir}: all {self.cfg.train.epochs} epochs are done; nothing to resume "
+                  f"({METRICS} rewritten from the checkpoint).", flush=True)
         return state["epoch"], list(state["history"]), state.get("test")
+
+
+def _diverged_message(loss: float, epoch: int, i: int, step: int, run_dir: Path) -> str:
+    """What happened and what is on disk: a checkpoint exists only once an epoch has finished."""
+    where = f"loss became {loss} at epoch {epoch + 1}, step {i + 1} (global step {step}); training stopped. "
+    if epoch == 0:
+        kept = (f"No epoch finished, so {run_dir} holds no checkpoint (only {CONFIG} and {PROVENANCE}); "
+                "lower train.lr or change the neuron parameters and train again (the same --out can be reused).")
+    else:
+        kept = (f"The last good checkpoint (after epoch {epoch}) in {run_dir} is intact; lower train.lr or change "
+                "the neuron parameters and start a new run.")
+    return where + kept
 
 
 def _bar_disabled(progress: bool | None) -> bool | None:
@@ -253,5 +269,18 @@ def metrics_dataset(history: list[dict[str, Any]], layers: list[str], cfg: RunCo
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "cpu",
               resume: bool = False, progress: bool | None = None) -> xr.Dataset:
-    """Train (or resume) one run; returns the per-epoch metrics."""
-    return Trainer(cfg, Path(run_dir), Path(data_dir) if data_dir else None, device, progress).run(resume=resume)
+    """Train (or resume) one run; returns the per-epoch metrics.
+
+    The run directory is locked for the whole call (:class:`training.runlock.RunLock`: a second writer gets
+    an error naming this process), and temporary files of writes interrupted earlier are removed first.
+    """
+    run_dir = Path(run_dir)
+    if cfg.model.num_classes < len(cifar.CLASSES):  # checked before any work: the labels would not fit the logits
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} is smaller than CIFAR-10's "
+                          f"{len(cifar.CLASSES)} classes; use {len(cifar.CLASSES)}.")
+    with RunLock(run_dir) as lock:
+        for line in [describe_takeover(lock)] + [f"{run_dir}: removed {p.name}, a temporary file left by an "
+                                                 "interrupted write" for p in remove_stale_temps(run_dir)]:
+            if line:
+                print(line, flush=True)
+        return Trainer(cfg, run_dir, Path(data_dir) if data_dir else None, device, progress).run(resume=resume)
