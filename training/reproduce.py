@@ -100,20 +100,21 @@ def train_all(profile: str, root: Path, seeds: Sequence[int], jobs: int, data_di
     if ablations:
         plan += [(f"ablation-{name}", flex, "stbp", extra) for name, (flex, extra) in ABLATION_RUNS.items()]
     tasks, run_dirs, ablation_dirs = [], {}, {}
-    for seed in seeds:
-        for name, flex, mode, extra in plan:
-            cfg = make_config(profile, mode=mode, flex=flex, seed=seed, overrides=(*overrides, *extra))  # validate early
-            run_dir = Path(root) / name / f"seed{seed}"
-            if name.startswith("ablation-"):
-                ablation_dirs[(name.removeprefix("ablation-"), seed)] = run_dir
-            else:
-                run_dirs[(cfg.variant, seed)] = run_dir
-            done = _epochs_done(run_dir)
-            if done >= cfg.train.epochs:
-                print(f"{run_dir}: already trained ({done} epochs)", flush=True)
-                continue
-            tasks.append((run_dir, _train_command(profile, flex, mode, seed, run_dir, data_dir, device,
-                                                  (*overrides, *extra), resume=(run_dir / "checkpoint.pt").exists())))
+    # the main variants of every seed first (the claims need them), then the ablations
+    for name, flex, mode, extra, seed in sorted(((*p, s) for s in seeds for p in plan),
+                                                 key=lambda item: item[0].startswith("ablation-")):
+        cfg = make_config(profile, mode=mode, flex=flex, seed=seed, overrides=(*overrides, *extra))  # validate early
+        run_dir = Path(root) / name / f"seed{seed}"
+        if name.startswith("ablation-"):
+            ablation_dirs[(name.removeprefix("ablation-"), seed)] = run_dir
+        else:
+            run_dirs[(cfg.variant, seed)] = run_dir
+        done = _epochs_done(run_dir)
+        if done >= cfg.train.epochs:
+            print(f"{run_dir}: already trained ({done} epochs)", flush=True)
+            continue
+        tasks.append((run_dir, _train_command(profile, flex, mode, seed, run_dir, data_dir, device,
+                                              (*overrides, *extra), resume=(run_dir / "checkpoint.pt").exists())))
     print(f"training {len(tasks)} runs, {jobs} at a time ({threads} thread(s) each); each run prints a line per "
           "epoch into its train.log and here when it ends", flush=True)
 
