@@ -121,6 +121,11 @@ class TrainConfig:
     train_subset: int = 0
     eval_batch_size: int = 500
     augment: bool = True
+    # Speed (issue 12). The step never waits for the device: loss and accuracy are accumulated there and read,
+    # with the finiteness check, every `log_every` steps and at the end of the epoch.
+    log_every: int = 50
+    bf16: bool = False  # bfloat16 autocast of the forward pass (GPUs; the CPU runs it, slowly)
+    channels_last: bool = False  # NHWC memory layout for the model and its input
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -132,6 +137,7 @@ class TrainConfig:
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs, f"must lie in [0, epochs={self.epochs}]")
         _check(self.train_subset >= 0, "train.train_subset", self.train_subset, "must be >= 0 (0 = whole training split)")
+        _check(self.log_every >= 1, "train.log_every", self.log_every, "must be >= 1")
 
 
 @dataclass(frozen=True)
