@@ -22,6 +22,7 @@ its spikes per rank, so only direct encoding reproduces one process exactly.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -76,6 +77,22 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum over ranks is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """:class:`nn.BatchNorm2d` whose training statistics cover the batch on every rank.
 
@@ -87,13 +104,11 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable all-reduce
-
         c = x.shape[1]
         xf = x.float()
         count = torch.full((1,), xf.numel() // c, dtype=torch.float32, device=x.device)
         stats = torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), count])
-        stats = all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean.square()).clamp_min(0.0)
@@ -161,7 +176,9 @@ def wrap(model: nn.Module, info: DistInfo, device: str):
         return model.run
     ids = [torch.device(device).index] if device.startswith("cuda") else None
     # buffers stay equal without a broadcast: synced BN statistics and all-reduced plasticity
-    return nn.parallel.DistributedDataParallel(RunModule(model), device_ids=ids, broadcast_buffers=False)
+    with warnings.catch_warnings():  # newer torch renames the option; the old name works in every version
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.parallel.DistributedDataParallel(RunModule(model), device_ids=ids, broadcast_buffers=False)
 
 
 def barrier(info: DistInfo) -> None:
