@@ -64,5 +64,17 @@ bench: $(STAMP) data
 	cat $(BENCH_OUT)/training_step.txt $(BENCH_OUT)/brian2.txt > $(BENCH_OUT)/bench.txt
 	@echo "tables written to $(BENCH_OUT)/bench.txt"
 
+# The prepared GPU session (training/gpucheck.py): Brian2 cuda_standalone vs runtime spike agreement, VGG16 T=10
+# bf16 training images/s (flex, vgg) with the 120-epoch projection, and a short GPU run, in <= 8 minutes.
+# `make gpu-check DRY=1` runs every code path at tiny size on the CPU. On a GPU machine the venv needs a CUDA
+# torch (e.g. `make gpu-check TORCH_SPEC=torch` on a fresh venv where pip's default torch is a CUDA build).
+gpu-check: $(STAMP) data
+ifeq ($(DRY),1)
+	$(PY) -m training.gpucheck --dry-run --out runs/gpu-check-dry
+else
+	$(PY) -m pip install -q -e ".[cuda]"
+	$(PY) -m training.gpucheck --out runs/gpu-check
+endif
+
 clean:
 	rm -rf runs .pytest_cache

@@ -15,8 +15,8 @@ and the ratio of medians. One thread per process unless ``--threads``.
 * **flex vs vgg** per mode, at the quick profile's size, and the same flex
   step with the reference ops (``fused = False``) for what the fused ops buy.
 * **stbp vs T x ann** for the VGG baseline.
-* **peak memory**: the rise of the peak resident set over two training steps,
-  each contender in its own process.
+* **peak memory**: the peak resident set during two training steps above the
+  resident set before them (Linux ``/proc``), each contender in its own process.
 
 Benchmarks, not tests: nothing here asserts a time.
 """
@@ -191,16 +191,29 @@ def _available(builders: dict, notes: list[str]) -> dict:
     return out
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_rise_mb(fn: Callable[[], None]) -> float:
+    """Peak resident set during ``fn()`` above the resident set before it (Linux ``/proc``), in MiB."""
+    with open("/proc/self/clear_refs", "w") as f:  # resets the high-water mark VmHWM to the current RSS
+        f.write("5")
+    before = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - before) / 1024
+
+
 def peak_memory_mb(name: str, args) -> float:
-    """Rise of the peak RSS over two steps of ``name``, measured in a fresh process."""
-    code = (f"import sys, resource, torch; torch.set_num_threads({args.threads});"
-            "from training import benchmark as b; import argparse;"
+    """Peak memory of two steps of ``name`` above the process's memory before them, in a fresh process."""
+    code = (f"import torch; torch.set_num_threads({args.threads}); import argparse;"
+            "from training import benchmark as b;"
             f"a = argparse.Namespace(peer_steps={args.peer_steps}, width={args.width}, steps={args.steps});"
-            f"m = b._builders(a)[{name!r}]();"
-            f"s = b.make_step(m, {args.batch}); r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-            "s(); s(); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)")
+            f"m = b._builders(a)[{name!r}](); s = b.make_step(m, {args.batch});"
+            "print(b.peak_rise_mb(lambda: (s(), s())))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
+    return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else float("nan")
 
 
 def report(times: dict[str, list[float]], memory: dict[str, float], args, notes: list[str]) -> str:
