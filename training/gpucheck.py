@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -142,8 +143,11 @@ def stage_train(args, device: str, clock: Clock, out: Path) -> dict:
                      "train.channels_last=true", "train.eval_batch_size=1000", "train.log_every=50",
                      "model.time_steps=4", "model.width=0.5"]
         cfg = make_config("paper", arch="vgg11", mode="stbp", flex=True, overrides=overrides)
+    run_dir = out / "short-run"
+    if run_dir.exists():  # this script's own output from an earlier invocation
+        shutil.rmtree(run_dir)
     t0 = time.perf_counter()
-    metrics = train_run(cfg, out / "short-run", data_dir=args.data_dir, device=device, progress=False)
+    metrics = train_run(cfg, run_dir, data_dir=args.data_dir, device=device, progress=False)
     result = {"variant": cfg.variant, "epochs": cfg.train.epochs, "wall_s": time.perf_counter() - t0,
               "val_accuracy": [float(v) for v in metrics.val_accuracy.values],
               "train_time_s": [float(v) for v in metrics.train_time.values]}
