@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 export BIOFLEXNET_DATA_DIR := $(abspath $(DATA))
 
-.PHONY: demo claims test test-all test-cuda bench install data clean
+.PHONY: demo claims test test-all test-cuda bench gpu-check install data clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
@@ -48,10 +48,35 @@ test-cuda: $(STAMP) data
 	$(PY) -m pip install -q -e ".[cuda]"
 	$(PY) -m pytest -q -m nvcc tests/test_sim_devices.py
 
-# Brian2 devices side by side on the demo's flex-stbp export (run `make demo` first); prints medians
-BENCH_RUN ?= runs/quick/flex-stbp/seed0
-bench: $(STAMP)
-	$(PY) -m sim.benchmark $(BENCH_RUN) --images 50 --repeats 3 --devices runtime cpp_standalone
+# Benchmarks (not tests), each measured side by side in interleaved rounds, medians and ratios; the tables
+# are printed and written to $(BENCH_OUT)/bench.txt. Training step: BioFlexNet vs SpikingJelly and snnTorch
+# on the same SNN, FLEX vs VGG per mode, STBP vs T x ANN, peak memory. Brian2: runtime vs cpp_standalone on
+# the demo's flex-stbp export (or, without `make demo`, a smoke run trained here), build cached across calls.
+# The peers install with --no-deps: their declared dependencies would replace the CPU torch with a CUDA one.
+BENCH_PEERS ?= spikingjelly==2.0.0 snntorch==1.0.0 loguru==0.7.3
+BENCH_OUT   ?= runs/bench
+BENCH_RUN   ?= $(if $(wildcard runs/quick/flex-stbp/seed0/checkpoint.pt),runs/quick/flex-stbp/seed0,$(BENCH_OUT)/flex-stbp-smoke)
+bench: $(STAMP) data
+	$(PY) -m pip install -q --no-deps $(BENCH_PEERS) || echo "peers could not be installed; the table omits them"
+	mkdir -p $(BENCH_OUT)
+	OMP_NUM_THREADS=1 $(PY) -m training.benchmark --out $(BENCH_OUT)/training_step.txt
+	test -f $(BENCH_RUN)/checkpoint.pt || $(VENV)/bin/bioflexnet train --profile smoke --mode stbp --flex --device cpu --out $(BENCH_RUN)
+	test -f $(BENCH_RUN)/export.npz || $(VENV)/bin/bioflexnet export $(BENCH_RUN) --images 50
+	$(PY) -m sim.benchmark $(BENCH_RUN) --images 50 --repeats 3 --devices runtime cpp_standalone | tee $(BENCH_OUT)/brian2.txt
+	cat $(BENCH_OUT)/training_step.txt $(BENCH_OUT)/brian2.txt > $(BENCH_OUT)/bench.txt
+	@echo "tables written to $(BENCH_OUT)/bench.txt"
+
+# The prepared GPU session (training/gpucheck.py): Brian2 cuda_standalone vs runtime spike agreement, VGG16 T=10
+# bf16 training images/s (flex, vgg) with the 120-epoch projection, and a short GPU run, in <= 8 minutes.
+# `make gpu-check DRY=1` runs every code path at tiny size on the CPU. On a GPU machine the venv needs a CUDA
+# torch (e.g. `make gpu-check TORCH_SPEC=torch` on a fresh venv where pip's default torch is a CUDA build).
+gpu-check: $(STAMP) data
+ifeq ($(DRY),1)
+	$(PY) -m training.gpucheck --dry-run --out runs/gpu-check-dry
+else
+	$(PY) -m pip install -q -e ".[cuda]"
+	$(PY) -m training.gpucheck --out runs/gpu-check
+endif
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,7 +6,9 @@ Every repeat runs the same export on every device in turn (interleaved, so a
 busy machine slows all of them alike) and the table reports medians over the
 repeats and each device's ratio to the first one. The standalone devices'
 first repeat includes the C++ compilation; later repeats reuse the build
-directory, so ``compile`` is the incremental rebuild. The devices must also
+directory, so ``compile`` is the incremental rebuild. The build directory is
+kept between invocations (:func:`build_cache`), so only the first invocation
+on a machine pays the full build; ``--fresh`` measures a cold one. The devices must also
 agree: the script checks that every device gives the same spikes and read-out
 as the first one, and says so.
 """
@@ -51,6 +53,26 @@ def measure(export, options: SimOptions, devices: list[str], repeats: int, build
     return {"times": times, "identical": identical}
 
 
+def build_cache(export_path: Path, options: SimOptions) -> Path:
+    """A build directory for this export and these options, kept between invocations.
+
+    The key hashes what the generated code depends on: the export file's bytes,
+    the options and the Brian2 version. Brian2 rewrites only the generated files
+    whose contents changed and ``make`` recompiles only those, so a second
+    invocation skips the C++ build (tens of seconds to minutes) and a stale key
+    could at worst cost a rebuild, never a wrong binary.
+    """
+    import hashlib
+    import os
+
+    import brian2
+
+    h = hashlib.sha256(Path(export_path).read_bytes())
+    h.update(repr((dataclasses.asdict(options), brian2.__version__)).encode())
+    base = Path(os.environ.get("BIOFLEXNET_CACHE", Path.home() / ".cache" / "bioflexnet"))
+    return base / "brian2-bench" / h.hexdigest()[:16]
+
+
 def table(times: dict, n_images: int) -> str:
     devices = list(times)
     base = statistics.median(times[devices[0]]["simulate_per_image_s"])
@@ -77,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mode", choices=MODES, default="exact")
     p.add_argument("--substeps", type=int, default=1)
-    p.add_argument("--build-root", type=Path, default=None, help="standalone build directories (default: a temp dir)")
+    p.add_argument("--build-root", type=Path, default=None,
+                   help="standalone build directories (default: a cache keyed by the export and options, reused "
+                        "across invocations; see build_cache)")
+    p.add_argument("--fresh", action="store_true", help="build in a temporary directory (measures a cold build)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.images < 1:
         p.error("--repeats and --images must be >= 1")
@@ -86,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     export = read_export(path)
     options = SimOptions(n_images=args.images, mode=args.mode, substeps=args.substeps)
     with tempfile.TemporaryDirectory(prefix="bioflexnet-bench-") as tmp:
-        out = measure(export, options, devices, args.repeats, args.build_root or Path(tmp))
+        root = Path(tmp) if args.fresh else (args.build_root or build_cache(path, options))
+        print(f"standalone builds in {root}" + ("" if args.fresh else " (reused across invocations)"))
+        out = measure(export, options, devices, args.repeats, root)
     print(f"{path}: {args.mode} mode, {args.repeats} repeats, devices interleaved")
     print(table(out["times"], args.images))
     print("every run gave the same spikes and read-out as the first" if out["identical"]

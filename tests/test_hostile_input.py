@@ -22,7 +22,8 @@ from training.cli import main
 from training.runlock import LOCK_FILE, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--profile", "smoke", "--mode", "stbp", "--set", "train.train_subset=0", "--set", "train.batch_size=50"]
+TINY = ["--profile", "smoke", "--mode", "stbp", "--set", "train.train_subset=0", "--set", "train.batch_size=40",
+        "--set", "train.val_size=20"]
 
 
 def _run(capsys, *argv):
@@ -281,7 +282,7 @@ def test_garbage_metrics_named_by_figures_and_reproduce(tiny, tmp_path, capsys, 
     assert not (root / "figures" / "fig3_training.png").exists()
 
     # reproduce: training is done (the runs are finished); it stops at the summary that reads metrics.nc
-    monkeypatch.setattr(rep, "train_all", lambda *a, **k: {("flex-stbp", 0): run_dir})
+    monkeypatch.setattr(rep, "train_all", lambda *a, **k: ({("flex-stbp", 0): run_dir}, {}))
     monkeypatch.setattr(rep, "STAGES", ())
     rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", tiny[0])
     assert rc == 2
@@ -297,7 +298,7 @@ def test_the_named_command_regenerates_metrics(tiny, tmp_path, capsys, monkeypat
     assert rc == 0 and "metrics.nc rewritten" in out.out
     assert int(read_dataset(run_dir / "metrics.nc").epoch[-1]) == 1
     # and reproduce then completes, recording the thread count of its training jobs
-    monkeypatch.setattr(rep, "train_all", lambda *a, **k: {("flex-stbp", 0): run_dir})
+    monkeypatch.setattr(rep, "train_all", lambda *a, **k: ({("flex-stbp", 0): run_dir}, {}))
     monkeypatch.setattr(rep, "STAGES", ())
     rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", tiny[0], "--jobs", 1)
     assert rc == 0, out.err

@@ -141,7 +141,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from training.runlock import RunLock, describe_takeover, remove_stale_temps
 
     root = output_dir(args.out or Path("runs") / args.profile)
-    make_config(args.profile, overrides=args.overrides, ablations=args.ablations)  # every --set value checked before anything starts
+    make_config(args.profile, overrides=args.overrides)  # every --set value checked before anything starts
     resolve_data_dir(args.data_dir)
     device = _device(args.device)
     # one reproduce per root (each training job also locks its own run directory)

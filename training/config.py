@@ -179,6 +179,11 @@ class TrainConfig:
     augment: bool = True
     val_size: int = 5000
     data_seed: int = 0
+    # Speed (issue 12). The step never waits for the device: loss and accuracy are accumulated there and read,
+    # with the finiteness check, every `log_every` steps and at the end of the epoch.
+    log_every: int = 50
+    bf16: bool = False  # bfloat16 autocast of the forward pass (GPUs; the CPU runs it, slowly)
+    channels_last: bool = False  # NHWC memory layout for the model and its input
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -193,6 +198,7 @@ class TrainConfig:
         _check(10 <= self.val_size <= 25000, "train.val_size", self.val_size,
                "must lie in [10, 25000] (validation images carved from the 50,000 training images)")
         _check(self.data_seed >= 0, "train.data_seed", self.data_seed, "must be >= 0")
+        _check(self.log_every >= 1, "train.log_every", self.log_every, "must be >= 1")
 
 
 @dataclass(frozen=True)

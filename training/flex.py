@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import equations
+from training import equations, fused
 from training.config import MaskMode, MaskSigma
 
 # The conv path's BN starts at gamma = 1/m0 (see PlasticFlexLayer); m0 is floored so that a
@@ -82,6 +82,7 @@ class PlasticFlexLayer(nn.Module):
         self.eta = nn.Parameter(torch.full((steps, c_out), float(mask_init)))
         # Plastic bias b: moved by the Hebbian rule, never by gradients.
         self.register_buffer("plastic_bias", torch.zeros(c_out))
+        self.fused = True  # training.fused.mask_mix where it applies (see fused.use_fused)
 
     def conv_path(self, x: torch.Tensor) -> torch.Tensor:
         """Selectivity pathway ``BN(Conv(x))`` on ``[N, C_in, H, W]``."""
@@ -89,7 +90,7 @@ class PlasticFlexLayer(nn.Module):
 
     def pool_path(self, x: torch.Tensor) -> torch.Tensor:
         """Invariance pathway ``P @ maxpool(x)`` on ``[N, C_in, H, W]``."""
-        pooled = F.max_pool2d(x, self.kernel, self.stride, self.padding)
+        pooled = fused.max_pool(x, self.kernel, self.stride, self.padding)
         if self.channel_map.shape[0] == self.channel_map.shape[1]:
             return pooled  # C_in == C_out: the map is the identity
         return F.conv2d(pooled, self.channel_map[:, :, None, None])
@@ -114,8 +115,11 @@ class PlasticFlexLayer(nn.Module):
         pool = flat_time(self.pool_path, x)
         logits = flat_time(self.logits, pool)
         time_bias = (self.eta[:steps] + self.plastic_bias)[:, None, :, None, None]  # [T, 1, C, 1, 1]
-        mask = self.mask_fn(logits + time_bias)  # broadcasts a constant input to T steps
-        current = torch.addcmul(pool, mask, conv - pool)  # m*conv + (1-m)*pool
+        if fused.use_fused(self):  # the same numbers in one autograd node
+            current, mask = fused.mask_mix(logits, time_bias, conv, pool, self.sigma is MaskSigma.HARD)
+        else:
+            mask = self.mask_fn(logits + time_bias)  # broadcasts a constant input to T steps
+            current = torch.addcmul(pool, mask, conv - pool)  # m*conv + (1-m)*pool
         r_sel = r_inv = None
         if self.training:  # pathway drives for the plasticity rule
             with torch.no_grad():

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from training.config import Downsample, Encoding, Mode, ModelConfig
+from training import fused
 from training.flex import PlasticFlexLayer, flat_time
 from training.neurons import LIFParams, lif_multistep
 from training.surrogate import make_surrogate
@@ -93,10 +94,16 @@ class Activation(nn.Module):
             self.spike_fn = make_surrogate(cfg.hybrid_surrogate, 1.0 / cfg.theta)
         else:
             self.spike_fn = make_surrogate(cfg.surrogate, cfg.surrogate_alpha)
+        self.fused = True  # training.fused.lif_fused where it applies (see fused.use_fused)
 
     def forward(self, current: torch.Tensor, steps: int) -> torch.Tensor:
         if self.mode is Mode.ANN:
             return current.relu()
+        if fused.use_fused(self):  # the same numbers in one autograd node
+            p = self.params
+            spikes, _ = fused.lif_fused(current, steps, p.beta, p.theta, p.reset, self.spike_fn,
+                                        detach_state=self.mode is Mode.HYBRID)
+            return spikes
         spikes, _ = lif_multistep(current, steps, self.params, self.spike_fn, detach_state=self.mode is Mode.HYBRID)
         return spikes
 

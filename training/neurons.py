@@ -86,10 +86,12 @@ def lif_multistep(
         raise ValueError(f"currents has {currents.shape[0]} time steps; expected 1 or {steps}.")
     if state is None:
         state = initial_state(currents[0])
+    # unbind, not currents[t]: indexing leaves one full-size zero-filled gradient per step in the backward
+    inputs = currents.unbind(0)
     out = []
     for t in range(steps):
         if detach_state:
             state = LIFState(state.v.detach())
-        s, state = lif_step(currents[t if currents.shape[0] > 1 else 0], state, params, spike_fn)
+        s, state = lif_step(inputs[t if len(inputs) > 1 else 0], state, params, spike_fn)
         out.append(s)
     return torch.stack(out), state

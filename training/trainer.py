@@ -27,6 +27,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from training import data as cifar
+from training import distributed
 from training.config import ConfigError, RunConfig
 from training.models import ModelOutput, SpikingVGG, build_model, parameter_count
 from training.results import provenance, write_dataset, write_json
@@ -98,12 +99,31 @@ class Trainer:
     progress: bool | None = None  # None: a bar only when attached to a terminal
 
     def run(self, resume: bool = False) -> xr.Dataset:
+        ranks = distributed.from_environment()  # one process, or a rank of a torchrun job
+        device = distributed.init(ranks, self.device)
+        try:
+            return self._run(resume, ranks, device)
+        finally:
+            if ranks.world > 1 and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+    def _run(self, resume: bool, ranks: distributed.DistInfo, device: str) -> xr.Dataset:
         cfg, tc, run_dir = self.cfg, self.cfg.train, Path(self.run_dir)
-        pool, val_split = cifar.hold_out(cifar.load_split("train", self.data_dir, self.device), tc.val_size,
-                                         tc.data_seed)
+        if tc.batch_size % ranks.world:
+            raise ConfigError(f"train.batch_size={tc.batch_size} (the global batch) does not divide among "
+                              f"{ranks.world} processes; choose a multiple of {ranks.world}.")
+        full = cifar.load_split("train", self.data_dir, device)
+        if tc.val_size >= len(full):
+            raise ConfigError(f"train.val_size={tc.val_size} leaves none of the {len(full)} training images for "
+                              "training; lower train.val_size.")
+        pool, val_split = cifar.hold_out(full, tc.val_size, tc.data_seed)
         train_split = cifar.subset(pool, tc.train_subset, cfg.seed)
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model).to(self.device)
+        model = build_model(cfg.model).to(device)
+        if ranks.world > 1:
+            distributed.convert_batchnorm(model)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
                               weight_decay=tc.weight_decay)
         steps_per_epoch = len(train_split) // tc.batch_size
@@ -115,57 +135,86 @@ class Trainer:
         start_epoch, test = 0, None
         if resume:
             start_epoch, history, test = self._restore(model, opt)
-        else:
+        elif ranks.main:
             self._start(run_dir)
+        distributed.barrier(ranks)
+        forward = distributed.wrap(model, ranks, device)
+        autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.bf16)
         prov = provenance(cfg.to_dict(), cfg.seed)
         for epoch in range(start_epoch, tc.epochs):
-            gen = torch.Generator(self.device).manual_seed(epoch_seed(cfg.seed, epoch))
+            gen = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch))
             torch.manual_seed(epoch_seed(cfg.seed, epoch))  # Poisson encoding draws
             model.train()
             t0 = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0, 0
+            # on the device, read every log_every steps: the step itself never waits for the device
+            step_loss = torch.zeros(steps_per_epoch, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            checked, seen, loss_sum, n_correct = 0, 0, 0.0, 0
             bar = tqdm(cifar.batches(train_split, tc.batch_size, generator=gen, train=True, augmented=tc.augment), total=steps_per_epoch,
-                       desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress),
+                       desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress) or not ranks.main,
                        leave=False)
             for i, (x, y) in enumerate(bar):
+                x, y = distributed.shard(x, ranks), distributed.shard(y, ranks)  # this rank's share
+                if tc.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 step = epoch * steps_per_epoch + i
                 lr = lr_at(step, total_steps, warmup, tc.lr)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                out = model.run(x)
-                loss = F.cross_entropy(out.logits, y, label_smoothing=tc.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(_diverged_message(loss.item(), epoch, i, step, run_dir))
+                with autocast:
+                    out = forward(x)
+                    loss = F.cross_entropy(out.logits.float(), y, label_smoothing=tc.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                model.apply_plasticity(out)
-                loss_sum += loss.item() * len(y)
-                correct += (out.logits.argmax(1) == y).sum().item()
-                seen += len(y)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                model.apply_plasticity(distributed.all_reduce_drives(out, ranks))
+                step_loss[i] = loss.detach()
+                correct += (out.logits.argmax(1) == y).sum()
+                seen += len(y) * ranks.world
+                if (i + 1) % tc.log_every == 0 or i + 1 == steps_per_epoch:
+                    loss_sum, n_correct = self._check(step_loss, correct, checked, i + 1, epoch, ranks, tc.batch_size)
+                    checked = i + 1
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{n_correct / seen:.3f}")
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
             val = evaluate(model, val_split, tc.eval_batch_size)
-            history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": n_correct / seen,
                             "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": lr,
                             "train_time": train_time, "eval_time": time.perf_counter() - t1,
                             "firing_rate": val.firing_rate, "conv_ratio": val.conv_ratio})
             if epoch + 1 == tc.epochs:  # the test split, once, after the last epoch
-                res = evaluate(model, cifar.load_split("test", self.data_dir, self.device), tc.eval_batch_size)
+                res = evaluate(model, cifar.load_split("test", self.data_dir, device), tc.eval_batch_size)
                 test = {"test_loss": res.loss, "test_accuracy": res.accuracy}
-            save_checkpoint(run_dir, {"config": cfg.to_dict(), "model": model.state_dict(),
-                                      "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
-                                      "test": test, "provenance": prov})
             metrics = metrics_dataset(history, model.names_with_neurons(), cfg, prov, test, parameter_count(model))
-            write_dataset(metrics, run_dir / METRICS)
-            print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: train loss {loss_sum / seen:.4f} "
-                  f"acc {correct / seen:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f} "
-                  f"| {train_time:.1f}s train", flush=True)
-            if test is not None:
-                print(f"{cfg.variant} seed {cfg.seed}: test accuracy {test['test_accuracy']:.4f} (full test split, "
-                      "evaluated once)", flush=True)
+            if ranks.main:
+                save_checkpoint(run_dir, {"config": cfg.to_dict(), "model": model.state_dict(),
+                                          "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
+                                          "test": test, "provenance": prov})
+                write_dataset(metrics, run_dir / METRICS)
+                print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: train loss {loss_sum / seen:.4f} "
+                      f"acc {n_correct / seen:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f} "
+                      f"| {train_time:.1f}s train", flush=True)
+                if test is not None:
+                    print(f"{cfg.variant} seed {cfg.seed}: test accuracy {test['test_accuracy']:.4f} (full test "
+                          "split, evaluated once)", flush=True)
+            distributed.barrier(ranks)
         return metrics_dataset(history, model.names_with_neurons(), cfg, prov, test, parameter_count(model))
+
+    def _check(self, step_loss: torch.Tensor, correct: torch.Tensor, checked: int, done: int, epoch: int,
+               ranks: distributed.DistInfo, batch_size: int) -> tuple[float, int]:
+        """Read the epoch's running totals (one device sync), over all ranks; stop on a non-finite loss.
+
+        Returns the epoch's summed loss (over examples) and correct count so far.
+        """
+        losses = step_loss[:done].clone()
+        totals = distributed.all_reduce_sum(torch.cat([losses, correct.to(losses.dtype).view(1)]), ranks)
+        losses, n_correct = totals[:-1] / ranks.world, int(totals[-1].item())
+        bad = (~torch.isfinite(losses[checked:])).nonzero()
+        if len(bad):
+            i = checked + int(bad[0])
+            raise TrainingDiverged(_diverged_message(float(losses[i]), epoch, i, epoch * len(step_loss) + i,
+                                                     Path(self.run_dir)))
+        return float(losses.sum()) * batch_size, n_correct
 
     def _start(self, run_dir: Path) -> None:
         if (run_dir / CHECKPOINT).exists():
