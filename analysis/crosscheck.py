@@ -102,21 +102,26 @@ def crosscheck(run_dir: Path, *, n_images: int = 200, eps255=(1, 2, 4, 8), robus
             assert float((adv - xs).abs().max()) <= eps + 1e-5, f"{name} left the epsilon-ball"
             acc[i, k] = score(adv)
         print(f"  eps={e}/255: " + " ".join(f"{c}={acc[i, k]:.3f}" for i, c in enumerate(columns)), flush=True)
-    data = {"accuracy": (("attack", "eps255"), acc, {"long_name": "top-1 accuracy under attack", "units": "1"})}
-    if robustness is not None:
-        rob = xr.open_dataset(robustness, engine="h5netcdf").load()
-        if rob.sizes["sample"] != n_images or not np.array_equal(rob.sample.values, index):
-            raise ValueError(f"{robustness} was computed on other images than these {n_images}; run bioflexnet attack "
-                             f"with --n-images {n_images} and the same --seed.")
-        data["worst"] = ("eps255", [float(accuracy_at(rob, "worst", e / 255)) for e in eps255],
-                         {"long_name": "worst-case accuracy from bioflexnet attack", "units": "1",
-                          "source": str(robustness), "worst_attacks": ", ".join(
-                              a for a in rob.attack.values if a in ("apgd_ce", "apgd_dlr", "pgd", "square", "transfer"))})
-    return xr.Dataset(data, coords={"attack": columns, "eps255": ("eps255", list(eps255), {"units": "1/255"})},
-                      attrs={"run_dir": str(run_dir), "n_images": n_images, "clean_accuracy": float(ok.float().mean()),
-                             "gradient": how, "libraries": "; ".join(libraries.values()),
-                             "seed": seed, "torch_threads": torch.get_num_threads(),
-                             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")})
+    ds = xr.Dataset({"accuracy": (("attack", "eps255"), acc, {"long_name": "top-1 accuracy under attack", "units": "1"})},
+                    coords={"attack": columns, "eps255": ("eps255", list(eps255), {"units": "1/255"})},
+                    attrs={"run_dir": str(run_dir), "n_images": n_images, "clean_accuracy": float(ok.float().mean()),
+                           "gradient": how, "libraries": "; ".join(libraries.values()),
+                           "image_index": index, "seed": seed, "torch_threads": torch.get_num_threads(),
+                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")})
+    return with_worst(ds, robustness) if robustness is not None else ds
+
+
+def with_worst(table: xr.Dataset, robustness: Path) -> xr.Dataset:
+    """The table with a ``worst`` column read from ``bioflexnet attack``'s result on the same images, same ε."""
+    rob = xr.open_dataset(robustness, engine="h5netcdf").load()
+    if not np.array_equal(rob.sample.values, np.asarray(table.attrs["image_index"]).ravel()):
+        raise ValueError(f"{robustness} was computed on other images than the table; run bioflexnet attack with "
+                         f"--n-images {table.attrs['n_images']} and the same --seed.")
+    worst = [float(accuracy_at(rob, "worst", e / 255)) for e in table.eps255.values]
+    attacks = ", ".join(str(a) for a in rob.attack.values if a in ("apgd_ce", "apgd_dlr", "pgd", "square", "transfer"))
+    return table.assign(worst=("eps255", worst, {"long_name": "worst-case accuracy from bioflexnet attack",
+                                                 "units": "1", "source": str(robustness), "worst_attacks": attacks,
+                                                 "analysis_settings": rob.attrs.get("analysis_settings", "")}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,9 +133,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--art", action="store_true", help="also run ART's AutoProjectedGradientDescent")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="take the attack columns from an existing --out table; only (re)read the worst case")
     args = p.parse_args(argv)
-    ds = crosscheck(args.run_dir, n_images=args.n_images, eps255=tuple(args.eps), robustness=args.robustness,
-                    use_art=args.art, seed=args.seed)
+    if args.reuse and args.out is not None and args.out.is_file():
+        ds = xr.open_dataset(args.out, engine="h5netcdf").load().drop_vars("worst", errors="ignore")
+        ds = with_worst(ds, args.robustness) if args.robustness else ds
+    else:
+        ds = crosscheck(args.run_dir, n_images=args.n_images, eps255=tuple(args.eps), robustness=args.robustness,
+                        use_art=args.art, seed=args.seed)
     print(f"{args.run_dir} (clean {ds.attrs['clean_accuracy']:.3f}, {ds.attrs['n_images']} images)")
     table = ds.accuracy.to_pandas().T
     if "worst" in ds:
@@ -138,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table.round(3).to_string())
     print(f"gradient: {ds.attrs['gradient']}; libraries: {ds.attrs['libraries'] or 'none'}")
     if args.out:
-        ds.to_netcdf(args.out, engine="h5netcdf")
+        tmp = args.out.with_suffix(".tmp.nc")
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        tmp.replace(args.out)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def _paper() -> AnalysisSettings:
     return AnalysisSettings(AttackSettings(), SparsitySettings(), LandscapeSettings())
 
 
-QUICK_APGD = 20
+QUICK_APGD = 50  # the budget of the reference APGD-CE runs of issue 10; nested balls keep it affordable
 
 
 def _quick() -> AnalysisSettings:

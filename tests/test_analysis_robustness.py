@@ -68,6 +68,9 @@ def test_worst_case_is_per_sample_and_below_every_attack(result):
     assert list(ds.worst_attacks.values) == [5, 5, 5]
     # the best iterate of a PGD run is never beaten by its last iterate, image by image
     assert np.all(ds.correct.sel(attack="pgd") <= ds.correct.sel(attack="pgd_last"))
+    # nested L∞ balls: an image broken at a smaller ε stays broken for the worst-case attacks
+    for a in ("apgd_ce", "apgd_dlr", "pgd", "transfer", "square", "worst"):
+        assert np.all(np.diff(ds.correct.sel(attack=a).transpose("sample", "level").values.astype(int), axis=1) <= 0)
 
 
 def test_auc_is_the_unnormalised_trapezoid(result):
