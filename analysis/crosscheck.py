@@ -114,7 +114,10 @@ def crosscheck(run_dir: Path, *, n_images: int = 200, eps255=(1, 2, 4, 8), robus
 def with_worst(table: xr.Dataset, robustness: Path) -> xr.Dataset:
     """The table with a ``worst`` column read from ``bioflexnet attack``'s result on the same images, same ε."""
     rob = xr.open_dataset(robustness, engine="h5netcdf").load()
-    if not np.array_equal(rob.sample.values, np.asarray(table.attrs["image_index"]).ravel()):
+    index = table.attrs.get("image_index")
+    if index is None:  # a table written before the index was stored: the same selection again
+        index = select_images(load_split("test"), int(table.attrs["n_images"]), int(table.attrs["seed"]))[1]
+    if not np.array_equal(rob.sample.values, np.asarray(index).ravel()):
         raise ValueError(f"{robustness} was computed on other images than the table; run bioflexnet attack with "
                          f"--n-images {table.attrs['n_images']} and the same --seed.")
     worst = [float(accuracy_at(rob, "worst", e / 255)) for e in table.eps255.values]
