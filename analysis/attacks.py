@@ -5,10 +5,17 @@ White-box attacks differentiate the model's loss with respect to the pixels:
 * ``fgsm``: ``x' = clip(x + ε · sign(∇ₓ L), 0, 1)`` (Goodfellow et al. 2015).
 * ``pgd``: ``steps`` iterations of ``x ← clip(Π_ε(x + α · sign(∇ₓ L)), 0, 1)``
   from a uniform random start in the ε-ball (Madry et al. 2018) or from ``x``;
-  the last iterate is returned (as in ART and torchattacks).
+  :func:`pgd_iterates` returns both the last iterate (as in ART and
+  torchattacks, and the original authors' protocol) and the best iterate per
+  image (lowest margin over the start and every step: an image is broken if
+  any iterate broke it). On a spiking net PGD often finds an adversarial point
+  and steps back out of it, so the last iterate overstates robustness.
+* APGD-CE / APGD-DLR live in :mod:`analysis.apgd`.
 
 ``L`` is the cross-entropy of the model's logits (the mean over T of the
-read-out). Spiking models have no true gradient; :func:`gradient_model` says
+read-out). For models whose forward pass is random (Poisson input encoding)
+``draws > 1`` averages the gradient over that many forward passes
+(expectation over transformation, Athalye et al. 2018). Spiking models have no true gradient; :func:`gradient_model` says
 which surrogate gradient is used (BPTT through the LIF steps by default).
 
 The gradient-free attack is Square (Andriushchenko et al. 2020, L∞ version with
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,35 +63,95 @@ def gradient_model(model: SpikingVGG, how: str = "bptt") -> tuple[SpikingVGG, st
     return twin, bptt + " on an stbp-mode copy of the hybrid weights (identical forward pass, checked on every batch)"
 
 
-def input_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``∇ₓ`` of the summed cross-entropy (summed, so a sample's gradient does not depend on the batch)."""
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy (the attacks' default loss)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def loss_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
+                  draws: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``∇ₓ`` of the summed per-sample loss, the per-sample loss and the logits, each averaged over ``draws``.
+
+    The loss is summed over the batch, so a sample's gradient does not depend on the batch. ``draws > 1`` is
+    expectation over transformation for a random forward pass (Poisson encoding); for a deterministic model it
+    only costs time.
+    """
+    if draws < 1:
+        raise ValueError(f"draws={draws} must be >= 1 (forward passes averaged per gradient).")
     x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    grad = torch.zeros_like(x)
+    per_sample = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    logits_sum = None
+    for _ in range(draws):
+        logits = model(x)
+        values = loss(logits, y)
+        (g,) = torch.autograd.grad(values.sum(), x)
+        grad += g
+        per_sample += values.detach()
+        logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+    return grad / draws, per_sample / draws, logits_sum / draws
 
 
-def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+def input_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1) -> torch.Tensor:
+    """``∇ₓ`` of the summed cross-entropy (summed, so a sample's gradient does not depend on the batch)."""
+    return loss_gradient(model, x, y, draws=draws)[0]
+
+
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, draws: int = 1) -> torch.Tensor:
     """Fast gradient sign method; ``eps = 0`` returns ``x`` unchanged."""
     if eps == 0:
         return x.detach().clone()
-    return (x + eps * input_gradient(model, x, y).sign()).clamp(0.0, 1.0).detach()
+    return (x + eps * input_gradient(model, x, y, draws=draws).sign()).clamp(0.0, 1.0).detach()
 
 
-def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int, step_size: float,
-        random_start: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """L∞ projected gradient descent (sign steps of ``step_size``, projection onto the ε-ball, clip to [0, 1])."""
+class Iterates(NamedTuple):
+    """The last iterate of an iterative attack and, per image, its best iterate (lowest margin)."""
+
+    last: torch.Tensor
+    best: torch.Tensor
+
+
+def pgd_iterates(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int,
+                 step_size: float, random_start: bool, generator: torch.Generator | None = None,
+                 draws: int = 1) -> Iterates:
+    """L∞ PGD (sign steps of ``step_size``, projection onto the ε-ball, clip to [0, 1]): last and best iterate.
+
+    The best iterate of an image is the point of lowest margin ``logit_y − max_{j≠y} logit_j`` among the start
+    and all ``steps`` iterates, so it is misclassified whenever any iterate was. The margins come from the
+    gradient passes (one extra forward pass scores the last iterate).
+    """
     if eps == 0:
-        return x.detach().clone()
+        return Iterates(x.detach().clone(), x.detach().clone())
     x = x.detach()
     adv = x.clone()
     if random_start:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         adv = (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+    best = adv.clone()
+    best_margin = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)
+
+    def keep(point: torch.Tensor, logits: torch.Tensor) -> None:
+        m = margin(logits, y)
+        better = m < best_margin
+        best[better] = point[better]
+        best_margin[better] = m[better]
+
     for _ in range(steps):
-        adv = adv + step_size * input_gradient(model, adv, y).sign()
+        grad, _, logits = loss_gradient(model, adv, y, draws=draws)
+        keep(adv, logits)
+        adv = adv + step_size * grad.sign()
         adv = (x + (adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
-    return adv.detach()
+    with torch.no_grad():
+        keep(adv, sum(model(adv) for _ in range(draws)) / draws)
+    return Iterates(adv.detach(), best.detach())
+
+
+def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int, step_size: float,
+        random_start: bool, generator: torch.Generator | None = None, draws: int = 1) -> torch.Tensor:
+    """The last iterate of L∞ PGD (see :func:`pgd_iterates`), as in ART, torchattacks and Madry et al."""
+    return pgd_iterates(model, x, y, eps, steps=steps, step_size=step_size, random_start=random_start,
+                        generator=generator, draws=draws).last
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -98,50 +98,72 @@ def _first_seed_value(da: xr.DataArray) -> xr.DataArray:
     return da
 
 
-def plot_robustness(rob: xr.Dataset) -> plt.Figure:
-    """Fig 4: top-1 accuracy vs epsilon under FGSM, PGD, SPGD and the per-sample worst case, with AUC bars."""
-    attacks = [a for a in ("fgsm", "pgd", "spgd", "worst") if a in rob.attack.values]
-    fig = plt.figure(figsize=(4.0 * len(attacks), 7.5))
-    grid = fig.add_gridspec(2, len(attacks))
-    for i, attack in enumerate(attacks):
-        ax = fig.add_subplot(grid[0, i])
-        eps = _first_seed_value(rob.epsilon.sel(attack=attack)).values
-        for v in _variants(rob):
-            mean, lo, hi = _mean_spread(rob.accuracy.sel(attack=attack, variant=v))
-            style = _style(v)
-            ax.plot(eps, mean, marker="o", markersize=2.5, **style)
-            ax.fill_between(eps, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
-        chance = float(rob.attrs.get("chance", 0.1))
-        ax.axhline(chance, color="grey", lw=0.8, ls=":")
-        ax.set_title({"worst": "worst case (per image, all attacks)"}.get(attack, attack.upper()))
-        ax.set_xlabel("ε (L∞, [0, 1] pixels)")
-        ax.set_ylabel("top-1 accuracy" if i == 0 else "")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=7)
-    ax = fig.add_subplot(grid[1, :])
-    bars = [a for a in attacks if a != "worst"]
-    variants = _variants(rob)
-    width = 0.8 / max(1, len(variants))
-    for j, v in enumerate(variants):
-        auc = rob.auc_normalised.sel(variant=v, attack=bars)
+HEADLINE = ("worst", "apgd_ce", "apgd_dlr", "pgd", "square", "transfer")  # the robustness claim and its parts
+PAPER = ("fgsm", "pgd_last", "spgd")  # the original authors' protocol
+TITLES = {"worst": "worst case per image (APGD-CE/DLR, PGD, Square, transfer)", "apgd_ce": "APGD-CE",
+          "apgd_dlr": "APGD-DLR", "pgd": "PGD (best iterate)", "square": "Square (no gradient)",
+          "transfer": "transfer from the ANN twin", "fgsm": "FGSM (paper)", "pgd_last": "PGD, last iterate (paper)",
+          "spgd": "SPGD, last iterate (paper)"}
+
+
+def _curve(ax: plt.Axes, rob: xr.Dataset, attack: str, first: bool) -> None:
+    eps = _first_seed_value(rob.epsilon.sel(attack=attack)).values
+    for v in _variants(rob):
+        mean, lo, hi = _mean_spread(rob.accuracy.sel(attack=attack, variant=v))
         style = _style(v)
-        ax.bar(np.arange(len(bars)) + (j - (len(variants) - 1) / 2) * width, auc.mean("seed").values, width,
-               yerr=auc.std("seed").values if rob.sizes.get("seed", 1) > 1 else None, color=style["color"],
-               hatch={"ann": "..", "hybrid": "//", "stbp": ""}[v.split("-")[1]], edgecolor="white",
-               label=style["label"])
-    ax.set_xticks(np.arange(len(bars)), [b.upper() for b in bars])
-    ax.set_ylabel("AUC / ε range (mean accuracy over the sweep)")
-    ax.legend(fontsize=7, ncol=3)
-    ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Robustness on {rob.sizes.get('sample', '?')} CIFAR-10 test images "
-                 f"(gradients: see the `gradient` attr of robustness.nc)")
+        ax.plot(eps * 255, mean, marker="o", markersize=2.5, **style)
+        ax.fill_between(eps * 255, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
+    ax.axhline(float(rob.attrs.get("chance", 0.1)), color="grey", lw=0.8, ls=":")
+    if attack == "worst":
+        ax.axvline(8, color="black", lw=0.8, ls="--")
+    ax.set_title(TITLES.get(attack, attack.upper()), fontsize=9)
+    ax.set_xlabel("ε × 255 (L∞, [0, 1] pixels)")
+    ax.set_ylabel("top-1 accuracy" if first else "")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+
+
+def plot_robustness(rob: xr.Dataset) -> plt.Figure:
+    """Fig 4: robustness (row 1: the per-image worst case, dashed at 8/255, and the attacks it combines) and the
+    paper protocol (row 2: FGSM, last-iterate PGD and SPGD curves; row 3: their AUC bars)."""
+    headline = [a for a in HEADLINE if a in rob.attack.values]
+    paper = [a for a in PAPER if a in rob.attack.values]
+    cols = max(len(headline), len(paper), 1)
+    rows = [r for r in (headline, paper) if r]
+    fig = plt.figure(figsize=(3.6 * cols, 3.6 * len(rows) + (3.2 if paper else 0)))
+    grid = fig.add_gridspec(len(rows) + bool(paper), cols)
+    for r, attacks in enumerate(rows):
+        for i, attack in enumerate(attacks):
+            _curve(fig.add_subplot(grid[r, i]), rob, attack, i == 0)
+    fig.axes[0].legend(fontsize=7)
+    if paper:
+        ax = fig.add_subplot(grid[len(rows), :])
+        variants = _variants(rob)
+        width = 0.8 / max(1, len(variants))
+        for j, v in enumerate(variants):
+            auc = rob.auc_normalised.sel(variant=v, attack=paper)
+            style = _style(v)
+            ax.bar(np.arange(len(paper)) + (j - (len(variants) - 1) / 2) * width, auc.mean("seed").values, width,
+                   yerr=auc.std("seed").values if rob.sizes.get("seed", 1) > 1 else None, color=style["color"],
+                   hatch={"ann": "..", "hybrid": "//", "stbp": ""}[v.split("-")[1]], edgecolor="white",
+                   label=style["label"])
+        ax.set_xticks(np.arange(len(paper)), [TITLES[b] for b in paper])
+        ax.set_ylabel("AUC / ε range (paper protocol)")
+        ax.legend(fontsize=7, ncol=3)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Robustness on {rob.sizes.get('sample', '?')} CIFAR-10 test images: worst case (row 1) and the "
+                 f"paper protocol (below); gradients: see the `gradient` attr of robustness.nc")
     fig.tight_layout()
     return fig
 
 
+def worst_table(rob: xr.Dataset) -> xr.DataArray:
+    """Worst-case accuracy at 8/255 per variant (mean over seeds): the robustness number."""
+    return rob.worst_accuracy_8_255.mean("seed") if "seed" in rob.worst_accuracy_8_255.dims else rob.worst_accuracy_8_255
+
+
 def sanity_table(rob: xr.Dataset) -> list[str]:
-    """One line per run: the gradient-masking sanity verdict."""
+    """One line per run: the weak-attack / gradient-masking sanity verdict."""
     return [f"{v} seed {int(s)}: {rob.sanity_verdict.sel(variant=v, seed=s).item()}"
             for v in _variants(rob) for s in rob.seed.values
             if str(rob.sanity_verdict.sel(variant=v, seed=s).item()) not in ("", "nan")]

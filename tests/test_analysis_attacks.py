@@ -1,10 +1,12 @@
-"""Attacks: ε = 0 is the identity, accuracy falls with ε, PGD/FGSM agree with IBM ART, the
-transfer and Square attacks work, hybrid models are attacked through an identical-forward BPTT copy."""
+"""Attacks: ε = 0 is the identity, accuracy falls with ε, PGD/FGSM/APGD agree with IBM ART, the best PGD
+iterate is never worse than the last, the transfer and Square attacks work, hybrid models are attacked
+through an identical-forward BPTT copy, EOT averages gradients over draws."""
 import numpy as np
 import pytest
 import torch
 
-from analysis.attacks import fgsm, gradient_model, input_gradient, margin, pgd, square
+from analysis.apgd import apgd, checkpoints, dlr_loss
+from analysis.attacks import fgsm, gradient_model, input_gradient, loss_gradient, margin, pgd, pgd_iterates, square
 from analysis.robustness import select_images
 from training.config import make_config
 from training.data import load_split, to_float
@@ -145,3 +147,111 @@ def test_hybrid_is_attacked_through_a_bptt_copy_with_the_same_forward(batch):
     assert native is hybrid and "detached" in how_native
     g_bptt, g_native = input_gradient(copy, x[:8], y[:8]), input_gradient(hybrid, x[:8], y[:8])
     assert g_bptt.abs().sum() > 0 and not torch.allclose(g_bptt, g_native)
+
+
+def test_best_iterate_is_never_worse_than_the_last(snn, batch):
+    x, y = batch
+    eps = 4 / 255
+    it = pgd_iterates(snn, x, y, eps, steps=5, step_size=eps / 4, random_start=True,
+                      generator=torch.Generator().manual_seed(0))
+    last = pgd(snn, x, y, eps, steps=5, step_size=eps / 4, random_start=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(it.last, last)  # pgd is the last iterate of the same run
+    for adv in it:
+        assert float((adv - x).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        broken_last, broken_best = snn(it.last).argmax(1) != y, snn(it.best).argmax(1) != y
+        assert torch.all(broken_best >= broken_last)  # image by image
+        assert torch.all(margin(snn(it.best), y) <= margin(snn(it.last), y) + 1e-6)
+
+
+def test_apgd_checkpoints_follow_autoattack():
+    # AutoAttack, n_iter = 100: first window 22, then shorter by 3 down to 6 (p_j = 0, .22, .41, .57, ...)
+    assert checkpoints(100) == [21, 40, 56, 69, 79, 86, 92, 98]
+    assert checkpoints(5) == [0, 1, 2, 3, 4] and checkpoints(1) == [0]
+
+
+def test_dlr_loss_is_scale_invariant_and_signed():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, -1.0]])
+    y = torch.tensor([0, 0])
+    # correct: -(3 - 1) / (3 - 0); wrong: -(0 - 2) / (2 - 0)
+    torch.testing.assert_close(dlr_loss(logits, y), torch.tensor([-2 / 3, 1.0]))
+    torch.testing.assert_close(dlr_loss(7.5 * logits + 2.0, y), dlr_loss(logits, y))
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dlr_loss(logits[:, :2], y)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_stays_in_the_ball_and_beats_last_iterate_pgd(snn, batch, loss):
+    x, y = batch
+    eps = 2 / 255
+    assert torch.equal(apgd(snn, x, y, 0.0, steps=3, loss=loss), x)
+    adv = apgd(snn, x, y, eps, steps=20, loss=loss, generator=torch.Generator().manual_seed(0))
+    assert float((adv - x).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    last = pgd(snn, x, y, eps, steps=10, step_size=eps / 4, random_start=True,
+               generator=torch.Generator().manual_seed(0))
+    assert accuracy(snn, adv, y) <= accuracy(snn, last, y) + 1 / N
+    assert accuracy(snn, adv, y) < accuracy(snn, x, y) - 0.1
+
+
+@pytest.mark.parametrize("which", ["vgg-ann", "vgg-stbp"])
+def test_apgd_agrees_with_art(analysis_runs, batch, which):
+    """Same model, ε and budget as IBM ART's AutoProjectedGradientDescent (cross-entropy, one random start).
+
+    ART evaluates its last iterate and ours keeps the best point, so ours may only be stronger; the two are
+    the same algorithm, so they must land close."""
+    import art
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    model = load_model(analysis_runs[which])[0]
+    x, y = batch
+    eps, steps = 4 / 255, 20
+    clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
+                            clip_values=(0.0, 1.0), device_type="cpu")
+    np.random.seed(0)
+    theirs = torch.from_numpy(AutoProjectedGradientDescent(
+        clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps, nb_random_init=1, batch_size=N,
+        loss_type="cross_entropy", verbose=False).generate(x.numpy(), y=y.numpy()))
+    ours = apgd(model, x, y, eps, steps=steps, loss="ce", generator=torch.Generator().manual_seed(0))
+    assert float((theirs - x).abs().max()) <= eps + 1e-5
+    a_ours, a_theirs, a_clean = accuracy(model, ours, y), accuracy(model, theirs, y), accuracy(model, x, y)
+    assert a_theirs < a_clean - 0.1, f"ART {art.__version__} did not attack: {a_theirs} vs clean {a_clean}"
+    assert a_ours <= a_theirs + 2 / N, f"ours {a_ours:.3f} vs ART {art.__version__} {a_theirs:.3f}"
+    assert a_ours >= a_theirs - 0.1, f"ours {a_ours:.3f} far below ART {a_theirs:.3f}: check the projection"
+
+
+class Noisy(torch.nn.Module):
+    """A random forward pass (like Poisson encoding): logits of the input times fresh noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.head((x * torch.rand_like(x)).flatten(1))
+
+
+def test_eot_averages_the_gradient_over_draws():
+    torch.manual_seed(0)
+    model, x, y = Noisy(), torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    single = [loss_gradient(model, x, y)[0] for _ in range(5)]
+    torch.manual_seed(1)
+    averaged = loss_gradient(model, x, y, draws=5)[0]
+    torch.testing.assert_close(averaged, torch.stack(single).mean(0))
+    assert not torch.allclose(single[0], single[1])  # the draws do differ
+    with pytest.raises(ValueError, match="draws=0 must be >= 1"):
+        loss_gradient(model, x, y, draws=0)
+
+
+def test_poisson_model_reports_its_eot_draws(cifar_dir):
+    from analysis.robustness import robustness
+    from analysis.settings import AttackSettings
+
+    torch.manual_seed(0)
+    model = build_model(make_config("smoke", mode="stbp", flex=False,
+                                    overrides=["model.encoding=poisson"]).model).eval()
+    settings = AttackSettings(attacks=("pgd", "apgd_ce"), n_images=10, batch_size=10, n_epsilons=2,
+                              pgd_max=8 / 255, pgd_steps=1, apgd_steps=1, eot_draws=3)
+    ds = robustness(model, load_split("test", cifar_dir), settings)
+    assert int(ds.eot_draws) == 3 and "3 forward passes" in ds.attrs["eot"] and "EOT" in ds.attrs["encoding_note"]

@@ -13,7 +13,8 @@ from training.cli import main
 from training.results import read_dataset, write_dataset
 
 FAST = ["--n-images", "24", "--batch-size", "24"]
-FAST_ATTACK = FAST + ["--n-epsilons", "2", "--pgd-steps", "2", "--square-queries", "5"]
+FAST_ATTACK = FAST + ["--n-epsilons", "2", "--pgd-max", "8/255", "--pgd-steps", "2", "--apgd-steps", "2",
+                      "--square-queries", "5"]
 
 
 def _run(capsys, *argv):
@@ -32,7 +33,8 @@ def test_commands_write_their_results(capsys, runs, cifar_dir):
     run = runs["vgg-stbp"]
     rc, out = _run(capsys, "attack", run, "--data-dir", cifar_dir, *FAST_ATTACK)  # twin found at ../../vgg-ann/seed0
     assert rc == 0, out.err
-    assert "sanity check:" in out.out and "worst" in out.out and (run / "robustness.nc").is_file()
+    assert "sanity check:" in out.out and "worst-case accuracy at eps=8/255" in out.out
+    assert (run / "robustness.nc").is_file()
     ds = read_dataset(run / "robustness.nc")
     assert ds.attrs["variant"] == "vgg-stbp" and "vgg-ann/seed0" in ds.attrs["transfer_source"]
     assert ds.attrs["checkpoint_sha256"] and ds.sizes["level"] == 2 and ds.sizes["sample"] == 24
@@ -77,7 +79,7 @@ def test_unknown_attack_lists_the_valid_ones(capsys, runs):
 def test_interrupted_sweep_leaves_no_file(capsys, runs, cifar_dir, monkeypatch):
     run = runs["vgg-stbp"]
     calls = {"n": 0}
-    real_pgd = analysis.robustness.pgd
+    real_pgd = analysis.robustness.pgd_iterates
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -85,7 +87,7 @@ def test_interrupted_sweep_leaves_no_file(capsys, runs, cifar_dir, monkeypatch):
             raise KeyboardInterrupt
         return real_pgd(*args, **kwargs)
 
-    monkeypatch.setattr(analysis.robustness, "pgd", interrupted)
+    monkeypatch.setattr(analysis.robustness, "pgd_iterates", interrupted)
     rc, _ = _run(capsys, "attack", run, "--data-dir", cifar_dir, *FAST_ATTACK)
     assert rc == 130 and calls["n"] == 2
     assert not (run / "robustness.nc").exists() and not list(run.glob(".*.tmp"))
@@ -93,7 +95,8 @@ def test_interrupted_sweep_leaves_no_file(capsys, runs, cifar_dir, monkeypatch):
 
 def test_reproduce_stage_writes_combined_results_and_reuses_them(capsys, runs, cifar_dir):
     settings = AnalysisSettings(
-        AttackSettings(n_images=16, batch_size=16, n_epsilons=2, pgd_steps=2, square_queries=3),
+        AttackSettings(n_images=16, batch_size=16, n_epsilons=2, pgd_max=8 / 255, pgd_steps=2, apgd_steps=2,
+                       square_queries=3),
         SparsitySettings(n_images=16, batch_size=16, raster_images=1, raster_neurons=8),
         LandscapeSettings(grid=2, n_images=16, batch_size=16, hessian_iterations=2))
     root = runs["vgg-stbp"].parent.parent
