@@ -369,7 +369,7 @@ def test_divergence_in_the_first_epoch_claims_no_checkpoint(tiny, tmp_path, caps
     run = tmp_path / "r"
     rc, out = _run(capsys, "train", "--profile", "smoke", "--out", run, "--data-dir", data, "--set",
                    "train.train_subset=0", "--set", "train.batch_size=10", "--set", "train.lr=1e30",
-                   "--set", "train.warmup_epochs=0")
+                   "--set", "train.warmup_epochs=0", "--set", "train.val_size=20")
     assert rc == 2 and not (run / "checkpoint.pt").exists()
     line = _one_line_error(out, "No epoch finished", "holds no checkpoint")
     assert "is intact" not in line

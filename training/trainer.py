@@ -151,7 +151,7 @@ class Trainer:
             correct = torch.zeros((), dtype=torch.int64, device=device)
             checked, seen, loss_sum, n_correct = 0, 0, 0.0, 0
             bar = tqdm(cifar.batches(train_split, tc.batch_size, generator=gen, train=True, augmented=tc.augment), total=steps_per_epoch,
-                       desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress) or not ranks.main,
+                       desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress) if ranks.main else True,
                        leave=False)
             for i, (x, y) in enumerate(bar):
                 x, y = distributed.shard(x, ranks), distributed.shard(y, ranks)  # this rank's share
