@@ -87,6 +87,7 @@ class ModelConfig:
     mask_init: float = 0.0
     plasticity_rate: float = 1e-3
     num_classes: int = 10
+    ticks: int = 1  # K ticks per step: the time resolution of the LIF (DESIGN.md §6; training.neurons.lif_ticks)
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "model.width", self.width, "must be > 0 (1.0 = the paper's channel counts)")
@@ -96,6 +97,12 @@ class ModelConfig:
         _check(self.surrogate_alpha > 0, "model.surrogate_alpha", self.surrogate_alpha, "must be > 0")
         _check(self.plasticity_rate >= 0, "model.plasticity_rate", self.plasticity_rate, "is lambda and must be >= 0 (0 disables plasticity)")
         _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "must be >= 2")
+        _check(self.ticks >= 1, "model.ticks", self.ticks, "is the number of ticks per step and must be >= 1")
+        if self.ticks > 1:
+            _check(self.mode is not Mode.ANN, "model.ticks", self.ticks,
+                   "needs spiking neurons; an ann-mode model has one step and no membrane (use model.ticks=1)")
+            _check(0.0 < self.beta < 1.0, "model.ticks", self.ticks,
+                   f"needs a leaky membrane, 0 < model.beta < 1 (got beta={self.beta}), to divide a step into ticks")
 
     @property
     def steps(self) -> int:
