@@ -128,6 +128,10 @@ class TrainConfig:
     train_subset: int = 0
     eval_batch_size: int = 500
     augment: bool = True
+    init_from: str = ""  # a run directory whose trained weights start this run (fine-tuning); "" = random init
+    # Coarse-to-fine time resolution: only the last `tick_steps` optimisation steps run at model.ticks, the
+    # ones before at one tick per step (K times cheaper); 0 = every step at model.ticks (DESIGN.md §6)
+    tick_steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -138,6 +142,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs, f"must lie in [0, epochs={self.epochs}]")
+        _check(self.tick_steps >= 0, "train.tick_steps", self.tick_steps,
+               "is the number of final steps trained at model.ticks and must be >= 0 (0 = all)")
         _check(self.train_subset >= 0, "train.train_subset", self.train_subset, "must be >= 0 (0 = whole training split)")
 
 

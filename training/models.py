@@ -140,14 +140,19 @@ class SpikingVGG(nn.Module):
             return rates + (spikes - rates).detach()
         return ((images - self.mean) / self.std).unsqueeze(0)
 
-    def run(self, images: torch.Tensor) -> ModelOutput:
-        """Forward pass that also returns every neuron layer's trace."""
+    def run(self, images: torch.Tensor, ticks: int | None = None) -> ModelOutput:
+        """Forward pass that also returns every neuron layer's trace.
+
+        ``ticks``: the time resolution K to run at (default ``cfg.ticks``; the trainer's coarse phase runs
+        a K > 1 model at one tick per step, see ``train.tick_steps``).
+        """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}.")
-        if self.cfg.ticks > 1:  # K ticks per step: the biophysical mode's dynamics (training.ticks)
+        ticks = self.cfg.ticks if ticks is None else ticks
+        if ticks > 1:  # K ticks per step: the biophysical mode's dynamics (training.ticks)
             from training.ticks import run_ticks
 
-            return run_ticks(self, images)
+            return run_ticks(self, images, ticks)
         steps = self.cfg.steps
         x = self.encode(images)
         traces = []

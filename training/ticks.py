@@ -112,16 +112,18 @@ def flex_drive(stage: PlasticFlexLayer, x: torch.Tensor, steps: int):
     return held, charge, mask, r_sel, r_inv
 
 
-def run_ticks(model: SpikingVGG, images: torch.Tensor) -> ModelOutput:
-    """:meth:`SpikingVGG.run` at ``model.cfg.ticks`` ticks per step; traces hold the spikes per step."""
+def run_ticks(model: SpikingVGG, images: torch.Tensor, ticks: int) -> ModelOutput:
+    """:meth:`SpikingVGG.run` at ``ticks`` ticks per step; traces hold the spikes per step."""
     from training.models import ConvStage, LayerTrace, ModelOutput
 
     cfg = model.cfg
-    steps, tick = cfg.steps, tick_params(cfg.beta, cfg.ticks)
+    if not cfg.spiking or not 0.0 < cfg.beta < 1.0:
+        raise ValueError(f"ticks={ticks} needs spiking neurons with 0 < beta < 1 (mode={cfg.mode.value}, beta={cfg.beta}).")
+    steps, tick = cfg.steps, tick_params(cfg.beta, ticks)
     x = model.encode(images)
     analog = cfg.encoding is Encoding.DIRECT  # the first layer sees the image as a held current
     if not analog:
-        x = first_tick(x, cfg.ticks)
+        x = first_tick(x, ticks)
     traces = []
     for name, stage in zip(model.names, model.stages):
         mask = r_sel = r_inv = None
