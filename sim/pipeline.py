@@ -11,7 +11,8 @@ Flex runs are also simulated in exact mode with the online plasticity on (mask
 trajectories). Results go to ``RUN_DIR/sim/exact/sim.nc``,
 ``RUN_DIR/sim/exact_plasticity/sim.nc``, ``RUN_DIR/sim/biophysical_k{K}/sim.nc`` and
 ``RUN_DIR/sim/biophysical_pulse_k{K}/sim.nc``;
-``ROOT/sim_summary.nc`` collects the fidelity figures of all runs.
+``ROOT/sim_summary.nc`` collects the fidelity figures of all runs, ``ROOT/convergence.nc``
+the biophysical runs as a convergence table (:mod:`sim.convergence`).
 
 Re-running the stage reuses an export made from the same checkpoint (its
 SHA-256 is in the export header) and every ``sim.nc`` simulated from the
@@ -32,6 +33,7 @@ import xarray as xr
 
 VARIANTS = ("flex-stbp", "vgg-stbp")
 SUMMARY = "sim_summary.nc"
+CONVERGENCE = "convergence.nc"  # class agreement, accuracy, rate ratio vs dt (sim.convergence)
 
 
 class StagePlan(NamedTuple):
@@ -163,6 +165,11 @@ def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str
         return
     summary = summarise(results)
     write_dataset(summary, Path(root) / SUMMARY)
+    from sim.convergence import convergence_dataset
+
+    write_dataset(convergence_dataset({f"{v}/seed{s}": {int(ds.attrs["substeps"]): ds for name, ds in r.items()
+                                                        if name.startswith("biophysical_k")}
+                                       for (v, s), r in results.items()}), Path(root) / CONVERGENCE)
     print(f"\nBrian2 fidelity (class agreement with PyTorch; exact mode on {plan.images} images, biophysical on "
           f"{plan.bio_images}):")
     width = max(len(str(s)) for s in summary.simulation.values) + 2
