@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 export BIOFLEXNET_DATA_DIR := $(abspath $(DATA))
 
-.PHONY: demo test test-all test-cuda bench install data clean
+.PHONY: demo claims test test-all test-cuda bench install data clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
@@ -33,6 +33,11 @@ data: $(STAMP)
 
 demo: $(STAMP) data
 	$(VENV)/bin/bioflexnet reproduce --profile quick --out runs/quick
+
+# The claims table: the six variants and the ablations with 3 seeds (reuses the demo's seed-0 runs)
+SEEDS ?= 0 1 2
+claims: $(STAMP) data
+	$(VENV)/bin/bioflexnet reproduce --profile quick --out runs/quick --seeds $(SEEDS) --ablations
 
 test: $(STAMP) data
 	$(PY) -m pytest -q

@@ -23,7 +23,7 @@ def collect_runs(root: str | os.PathLike, filename: str) -> xr.Dataset:
     (:func:`analysis.combine.combine_files`)."""
     from analysis.combine import combine_files
 
-    paths = sorted(Path(root).glob(f"*/seed*/{filename}"))
+    paths = sorted(p for p in Path(root).glob(f"*/seed*/{filename}") if not p.parts[-3].startswith("ablation-"))
     if not paths:
         raise FileNotFoundError(f"no {filename} under {root}/<variant>/seed<N>/; run `bioflexnet reproduce` first.")
     return combine_files(paths)
@@ -59,7 +59,8 @@ def plot_training_curves(metrics: xr.Dataset) -> plt.Figure:
             if row == 1:
                 ax.set_xlabel("epoch")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"CIFAR-10 training curves (validation = full test split; band = min–max over {n_seeds} seed(s))")
+    fig.suptitle(f"CIFAR-10 training curves (validation = {metrics.attrs.get('validation', 'held-out training images')}; "
+                 f"band = min–max over {n_seeds} seed(s))")
     fig.tight_layout()
     return fig
 
@@ -266,6 +267,30 @@ def plot_fidelity(summary: xr.Dataset, plastic: xr.Dataset | None = None) -> plt
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_claims(claims: xr.Dataset) -> plt.Figure:
+    """The poster's claims: FLEX − VGG per mode with the 95 % interval over paired seeds (error bars)."""
+    names = list(claims.claim.values)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        c = claims.sel(claim=name)
+        x = np.arange(claims.sizes["mode"])
+        mean, low, high = c.difference.values, c.ci_low.values, c.ci_high.values
+        err = np.vstack([mean - low, high - mean])
+        colors = ["tab:green" if v == "holds" else "tab:red" if v == "fails" else "tab:grey" for v in c.verdict.values]
+        for i in x:
+            if np.isfinite(mean[i]):
+                ax.errorbar(i, mean[i], yerr=None if np.isnan(err[:, i]).any() else err[:, i:i + 1], fmt="o",
+                            color=colors[i], capsize=4)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, claims.mode.values)
+        better = "↑ FLEX better" if c.better.item() == "higher" else "↓ FLEX better"
+        ax.set_title(f"{c.claim_long_name.item()}\n({better})", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    n = int(np.nanmax(claims.n_seeds.values)) if np.isfinite(claims.n_seeds.values).any() else 0
+    fig.suptitle(f"FLEX − VGG twin, mean and 95 % t-interval over {n} paired seed(s); "
+                 "green: holds, red: fails, grey: can't tell", fontsize=9)
 
 
 def plot_convergence(conv: xr.Dataset) -> plt.Figure:

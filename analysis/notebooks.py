@@ -23,6 +23,7 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "fig5_sparsity": ("sparsity.nc",),
     "fig6_landscape": ("landscape.nc",),
     "fidelity": ("sim_summary.nc",),
+    "claims": ("claims.nc",),
 }
 
 

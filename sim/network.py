@@ -43,13 +43,14 @@ may fire in one and not the other. None was seen on 200 test images of the
 quick models (36k neurons, 2 steps).
 
 Plasticity (online version of ``PlasticFlexLayer.apply_plasticity``): every
-tick, ``b += lambda / (T K) * (mean relu(Ic) - mean relu(Ip))`` per channel,
-the means over positions; the new ``b`` acts from the next tick. Summed over
-one image this is exactly ``lambda (r_sel - r_inv)`` with the per-image drives
-of :mod:`training.equations` (a batch of one image), except that ``b`` already
-changes within the image. Under delta synapses the drives are rates: the
-tick's charge times ``K`` (plus the held bias), so their mean over a step is
-the step's drive when a neuron's inputs of that step arrive in one tick.
+tick, ``b += lambda/(T K) * (r_sel - r_inv) - delta/(T K) * b`` per channel,
+with the tick's scale-free drives ``mean relu(x) / sqrt(mean x^2 + eps)`` of
+the conv (``Ic``) and pool (``Ip``) paths, the means over positions; the new
+``b`` acts from the next tick. Over one image of ``T`` steps at ``K = 1`` this is
+PyTorch's update with the per-image drives of :mod:`training.equations` (a
+batch of one image), to first order in ``delta`` (exactly for ``T = 1``), except
+that ``b`` already changes within the image. Under delta synapses the drives are
+computed from rates: the tick's charge times ``K`` (plus the held bias).
 """
 from __future__ import annotations
 
@@ -209,26 +210,39 @@ class _Builder:
             # the plasticity rule are rates, the charge of the tick spread over the tick
             k = self.timing.substeps
             return code + (f"{dyn.membrane_split('m*bias', 'Ip + m*(acc_c - Ip)')}\n"
-                           f"rsel = clip(bias + {k}*acc_c, 0, inf)\nrinv = clip({k}*Ip, 0, inf)")
-        return code + f"{dyn.membrane('(Ip + m*(Ic - Ip))')}\nrsel = clip(Ic, 0, inf)\nrinv = clip(Ip, 0, inf)"
+                           f"rsel = bias + {k}*acc_c\nrinv = {k}*Ip")
+        return code + f"{dyn.membrane('(Ip + m*(Ic - Ip))')}\nrsel = Ic\nrinv = Ip"
 
     def mask_group(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, plasticity: bool) -> StateMonitor:
-        """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri."""
-        name, a = layer.name, self.export.arrays
-        lam = self.export.model["plasticity_rate"] / (self.export.steps * self.timing.substeps)
-        masks = self.add(NeuronGroup(layer.c_out, "b : 1\nrs : 1\nri : 1\nmbar : 1", clock=self.clock,
-                                     namespace={"lam": lam}, name=f"{name}_mask"))
+        """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri.
+
+        ``rsel`` / ``rinv`` of a neuron are the tick's conv / pool path; the drives of
+        :func:`training.equations.pathway_drive` are rendered from their channel means of ``relu(x)`` and
+        ``x**2`` (:data:`training.equations.DRIVE_EXPR`), the update from ``PLASTICITY_EXPR`` with the
+        per-step rate and decay spread over the ``T K`` ticks of an image.
+        """
+        name, a, model = layer.name, self.export.arrays, self.export.model
+        ticks = self.export.steps * self.timing.substeps
+        drive = equations.DRIVE_EXPR.format
+        eqs = ("b : 1\nsel_relu : 1\nsel_sq : 1\ninv_relu : 1\ninv_sq : 1\nmbar : 1\n"
+               f"rs = {drive(mean_relu='sel_relu', mean_square='sel_sq', eps=equations.EPS)} : 1\n"
+               f"ri = {drive(mean_relu='inv_relu', mean_square='inv_sq', eps=equations.EPS)} : 1\n")
+        masks = self.add(NeuronGroup(layer.c_out, eqs, clock=self.clock, name=f"{name}_mask",
+                                     namespace={"lam": model["plasticity_rate"] / ticks,
+                                                "decay": model["plasticity_decay"] / ticks}))
         masks.b = a[f"{name}.plastic_bias"]
         group.b = linked_var(masks, "b", index=channel)
-        drive = self.add(Synapses(group, masks, "rs_post = rsel_pre*inv_npos : 1 (summed)\n"
-                                                "ri_post = rinv_pre*inv_npos : 1 (summed)\n"
-                                                "mbar_post = m_pre*inv_npos : 1 (summed)",
-                                  namespace={"inv_npos": 1.0 / (layer.out_size[0] * layer.out_size[1])},
-                                  clock=self.clock, name=f"{name}_drive"))
-        drive.connect(i=np.arange(layer.n_out), j=channel)
-        self.schedule(*(drive.summed_updaters[v] for v in ("rs_post", "ri_post", "mbar_post")))
+        summed = {"sel_relu": "clip(rsel_pre, 0, inf)", "sel_sq": "rsel_pre**2", "inv_relu": "clip(rinv_pre, 0, inf)",
+                  "inv_sq": "rinv_pre**2", "mbar": "m_pre"}
+        drives = self.add(Synapses(group, masks, "\n".join(f"{v}_post = {e}*inv_npos : 1 (summed)"
+                                                            for v, e in summed.items()),
+                                   namespace={"inv_npos": 1.0 / (layer.out_size[0] * layer.out_size[1])},
+                                   clock=self.clock, name=f"{name}_drive"))
+        drives.connect(i=np.arange(layer.n_out), j=channel)
+        self.schedule(*(drives.summed_updaters[f"{v}_post"] for v in summed))
         if plasticity:
-            self.schedule(masks.run_regularly("b += lam*(rs - ri)", when="groups", name=f"{name}_plasticity"))
+            rule = equations.PLASTICITY_EXPR.format(rate="lam", decay="decay")
+            self.schedule(masks.run_regularly(rule, when="groups", name=f"{name}_plasticity"))
         return self.add(StateMonitor(masks, ["mbar", "b", "rs", "ri"], record=True, when="end",
                                      name=f"{name}_mask_monitor"))
 

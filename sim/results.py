@@ -78,8 +78,8 @@ def _per_layer_arrays(result: SimResult, export: Export, n: int, keep_spikes: bo
         dims = ("image", "tick", ch)
         data[f"mask_{name}"] = _var(dims, m["mbar"], f"mask m of {name} (conv-path share), mean over positions")
         data[f"plastic_bias_{name}"] = _var(dims, m["b"], f"plastic mask bias b of {name}")
-        data[f"r_sel_{name}"] = _var(dims, m["rs"], f"conv-path drive of {name}: mean over positions of relu(Ic)")
-        data[f"r_inv_{name}"] = _var(dims, m["ri"], f"pool-path drive of {name}: mean over positions of relu(Ip)")
+        data[f"r_sel_{name}"] = _var(dims, m["rs"], f"conv-path drive of {name}: mean relu(Ic) / rms(Ic) over positions")
+        data[f"r_inv_{name}"] = _var(dims, m["ri"], f"pool-path drive of {name}: mean relu(Ip) / rms(Ip) over positions")
         data[f"reference_mask_{name}"] = _var(("image", "step", ch), export.arrays[f"ref.mask_mean.{name}"][:n],
                                               f"PyTorch mask of {name}, mean over positions")
     return data, coords

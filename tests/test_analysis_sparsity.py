@@ -65,28 +65,34 @@ def test_spike_driven_acs_equal_the_active_synapses_of_a_convolution():
 
 
 def test_ann_macs_of_a_tiny_vgg_match_a_hand_count(cifar_dir):
-    # vgg5 at width 1/8: conv 3->8 (32x32), pool, 8->16 (16x16), pool, 16->32 (8x8), pool, linear 512->10
-    model = build_model(make_config("smoke", mode="ann", flex=False).model).eval()
-    ds = sparsity(model, load_split("test", cifar_dir), SMALL)
+    # classic vgg5 at width 1/8: conv 3->8 (32x32), pool, 8->16 (16x16), pool, 16->32 (8x8), pool, linear 512->10
+    model = build_model(make_config("smoke", mode="ann", flex=False, overrides=["model.downsample=maxpool"]).model)
+    ds = sparsity(model.eval(), load_split("test", cifar_dir), SMALL)
     hand = {"conv1": 3 * 8 * 94 ** 2, "conv2": 8 * 16 * 46 ** 2, "conv3": 16 * 32 * 22 ** 2, "classifier": 32 * 16 * 10}
     for layer, macs in hand.items():
         assert float(ds.ann_macs.sel(layer=layer).sum()) == macs
         assert float(ds.macs.sel(layer=layer).sum()) == macs  # an ANN computes densely
     assert float(ds.total_acs) == 0 and float(ds.ann_total_macs) == sum(hand.values())
     assert float(ds.total_energy) == pytest.approx(MAC_PJ * sum(hand.values()))
+    # the twin: a 2x2 stride-2 conv C->C after each 3x3 stage; every input feeds exactly one output position
+    twin = build_model(make_config("smoke", mode="ann", flex=False).model).eval()
+    ds = sparsity(twin, load_split("test", cifar_dir), SMALL)
+    hand.update({"down1": 8 * 8 * 32 ** 2, "down2": 16 * 16 * 16 ** 2, "down3": 32 * 32 * 8 ** 2})
+    for layer, macs in hand.items():
+        assert float(ds.ann_macs.sel(layer=layer).sum()) == macs, layer
 
 
 def test_snn_sparsity_dataset(analysis_runs, cifar_dir, tmp_path):
     model, _ = load_model(analysis_runs["vgg-stbp"])
     ds = sparsity(model, load_split("test", cifar_dir), SMALL)
     assert ds.firing_rate.dims == ("layer", "time") and ds.sizes["time"] == 2
-    assert list(ds.layer.values) == ["conv1", "conv2", "conv3", "classifier"]
+    assert list(ds.layer.values) == ["conv1", "down1", "conv2", "down2", "conv3", "down3", "classifier"]
     rates = ds.firing_rate.values[:-1]
     assert np.all((rates > 0) & (rates < 1)) and np.isnan(ds.firing_rate.values[-1]).all()
     # the first layer sees the analog image (MACs, counted once); every later layer is spike-driven (ACs)
     assert float(ds.acs.sel(layer="conv1").sum()) == 0 and float(ds.macs.sel(layer="conv1").sum()) > 0
-    assert float(ds.macs.sel(layer=["conv2", "conv3", "classifier"]).sum()) == 0
-    assert np.all(ds.acs.sel(layer=["conv2", "conv3"], path="weights") > 0)
+    assert float(ds.macs.sel(layer=["down1", "conv2", "down2", "conv3", "down3", "classifier"]).sum()) == 0
+    assert np.all(ds.acs.sel(layer=["down1", "conv2", "down2", "conv3", "down3"], path="weights") > 0)
     expected = AC_PJ * float(ds.total_acs) + MAC_PJ * float(ds.total_macs)
     assert float(ds.total_energy) == pytest.approx(expected) and "ESTIMATE" in ds.total_energy.attrs["long_name"]
     assert ds.total_energy.attrs["units"] == "pJ" and float(ds.total_energy) < float(ds.ann_energy)

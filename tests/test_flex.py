@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from training import equations
 from training.config import MaskSigma
-from training.flex import PlasticFlexLayer
+from training.flex import PlasticFlexLayer, flat_time
 
 
 def _np_conv(x, w, stride, pad):
@@ -114,13 +114,13 @@ def test_hard_sigmoid_matches_torch():
 
 def test_plasticity_moves_mask_toward_the_stronger_pathway():
     layer = PlasticFlexLayer(2, 2, 3, 1, 1, (4, 4), 1).train()
-    x = torch.rand(1, 8, 2, 4, 4)
+    x = torch.randn(1, 8, 2, 4, 4)
     with torch.no_grad():
-        layer.bn.bias.fill_(3.0)  # strong, positive conv drive (train-mode BN: shift after normalising)
+        layer.bn.bias.fill_(30.0)  # conv path positive everywhere (train-mode BN: shift after normalising)
     out = layer(x, 1)
     assert (out.r_sel > out.r_inv).all()
     m_before = out.mask.mean().item()
-    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.5)
+    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.5, decay=0.1)
     assert (layer.plastic_bias > 0).all()  # conv path won: its share grows
     torch.testing.assert_close(layer.plastic_bias, 0.5 * (out.r_sel - out.r_inv))
     assert layer(x, 1).mask.mean().item() > m_before
@@ -129,15 +129,47 @@ def test_plasticity_moves_mask_toward_the_stronger_pathway():
     out = layer(x, 1)
     assert (out.r_sel < out.r_inv).all()
     before = layer.plastic_bias.clone()
-    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.5)
+    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.5, decay=0.1)
     assert (layer.plastic_bias < before).all()
+    torch.testing.assert_close(layer.plastic_bias, 0.9 * before + 0.5 * (out.r_sel - out.r_inv))
 
 
 def test_zero_rate_disables_plasticity():
     layer = PlasticFlexLayer(2, 3, 3, 1, 1, (4, 4), 1).train()
     out = layer(torch.rand(1, 4, 2, 4, 4), 1)
-    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.0)
+    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.0, decay=0.0)
     assert torch.count_nonzero(layer.plastic_bias) == 0
+
+
+def test_pathway_drive_is_scale_free_and_in_unit_interval():
+    x = torch.randn(3, 5, 4, 6, 6, dtype=torch.float64)
+    d = equations.pathway_drive(x, (1, 3, 4))
+    assert d.shape == (3, 4) and ((d >= 0) & (d <= 1)).all()
+    torch.testing.assert_close(equations.pathway_drive(7.5 * x, (1, 3, 4)), d)
+    torch.testing.assert_close(equations.pathway_drive(torch.full_like(x, 0.3), (1, 3, 4)), torch.ones_like(d))
+    spikes = (torch.rand(200_000, dtype=torch.float64) < 0.25).double()  # binary spikes at rate q: sqrt(q)
+    assert equations.pathway_drive(spikes, 0).item() == pytest.approx(0.5, abs=0.01)
+    gauss = torch.randn(200_000, dtype=torch.float64)  # a centred Gaussian path: 1/sqrt(2 pi)
+    assert equations.pathway_drive(gauss, 0).item() == pytest.approx((2 * np.pi) ** -0.5, abs=0.01)
+    assert (equations.pathway_drive(torch.zeros(2, 3), 0) == 0).all()  # a silent path has drive 0
+    np.testing.assert_allclose(equations.pathway_drive(x.numpy(), (1, 3, 4)), d.numpy())
+    # the value from its definition, written out for one channel and step
+    xc = x[1, :, 2]
+    expected = xc.clamp(min=0).mean() / (xc.pow(2).mean() + equations.EPS).sqrt()
+    torch.testing.assert_close(d[1, 2], expected)
+
+
+def test_conv_only_mask_is_the_conv_path():
+    layer = PlasticFlexLayer(2, 3, 3, 1, 1, (4, 4), 2, mask_mode="conv_only").train()
+    x = torch.rand(1, 4, 2, 4, 4)
+    out = layer(x, 2)
+    torch.testing.assert_close(out.current, flat_time(layer.conv_path, x))
+    assert (out.mask == 1).all() and out.r_sel is None
+
+
+def test_conv_path_gain_is_guarded_for_negative_mask_init():
+    layer = PlasticFlexLayer(2, 3, 3, 1, 1, (4, 4), 2, mask_init=-2.9)
+    assert layer.bn.weight.max().item() <= 1.0 / 0.25 + 1e-6  # not 1/share = 1/0.017
 
 
 def test_plastic_bias_gets_no_gradient():

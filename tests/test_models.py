@@ -2,17 +2,19 @@
 import pytest
 import torch
 
-from training.config import Arch, Encoding, Mode, ModelConfig
-from training.models import VGG_STAGES, build_model
+from torch import nn
+
+from training.config import Arch, Downsample, Encoding, MaskMode, Mode, ModelConfig
+from training.flex import PlasticFlexLayer
+from training.models import VGG_STAGES, ConvStage, build_model, parameter_count
 
 
 @pytest.mark.parametrize("arch", list(Arch))
 @pytest.mark.parametrize("flex", [False, True])
-def test_every_stage_becomes_a_neuron_layer_when_flex(arch, flex):
+def test_flex_and_its_twin_have_neurons_in_the_same_places(arch, flex):
     model = build_model(ModelConfig(arch=arch, flex=flex, width=0.0625, mode=Mode.STBP, time_steps=2))
     stages = VGG_STAGES[arch.value]
-    n_conv = sum(1 for s in stages if s != "M")
-    assert len(model.names_with_neurons()) == (len(stages) if flex else n_conv)
+    assert len(model.names_with_neurons()) == len(stages)
     assert len(model.flex_layers()) == (len(stages) if flex else 0)
     out = model.run(torch.rand(3, 3, 32, 32))
     assert out.logits.shape == (3, 10)
@@ -54,3 +56,33 @@ def test_bad_input_shape_is_explained():
     m = build_model(ModelConfig(arch=Arch.VGG5, width=0.125))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         m.run(torch.rand(3, 32, 32))
+
+
+def test_twin_stage_has_the_flex_stage_conv_path():
+    """Same names, kernels, strides, channels; only the pool path and mask differ."""
+    cfg = ModelConfig(arch=Arch.VGG11, width=0.125, time_steps=2)
+    flex, twin = build_model(cfg), build_model(ModelConfig(**{**cfg.__dict__, "flex": False}))
+    assert flex.names == twin.names and flex.names_with_neurons() == twin.names_with_neurons()
+    for f, t in zip(flex.stages, twin.stages):
+        assert isinstance(f, PlasticFlexLayer) and isinstance(t, ConvStage)
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding"):
+            assert getattr(f.conv, attr) == getattr(t.conv, attr)
+    # the parameters FLEX adds are exactly its mask's: threshold, logit BN and eta
+    extra = sum(p.numel() for n, p in flex.named_parameters() if n.split(".")[-2:][0] in ("logit_bn",)
+                or n.endswith((".threshold", ".eta")))
+    assert parameter_count(flex) - parameter_count(twin) == extra
+
+
+def test_classic_maxpool_baseline_and_ablations():
+    classic = build_model(ModelConfig(arch=Arch.VGG5, width=0.125, flex=False, downsample=Downsample.MAXPOOL))
+    assert sum(isinstance(s, nn.MaxPool2d) for s in classic.stages) == 3
+    assert classic.names_with_neurons() == ["conv1", "conv2", "conv3"]
+    no_down = build_model(ModelConfig(arch=Arch.VGG5, width=0.125, down_neurons=False))
+    assert no_down.names_with_neurons() == ["conv1", "conv2", "conv3"] and len(no_down.flex_layers()) == 6
+    down_only = build_model(ModelConfig(arch=Arch.VGG5, width=0.125, flex_3x3=False))
+    assert list(down_only.flex_layers()) == ["down1", "down2", "down3"]
+    conv_only = build_model(ModelConfig(arch=Arch.VGG5, width=0.125, mask_mode=MaskMode.CONV_ONLY))
+    for model in (classic, no_down, down_only, conv_only):
+        assert model.run(torch.rand(2, 3, 32, 32)).logits.shape == (2, 10)
+    with pytest.raises(ValueError, match="downsample"):
+        ModelConfig(flex=True, downsample=Downsample.MAXPOOL)

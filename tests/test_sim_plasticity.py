@@ -19,7 +19,7 @@ def _pytorch_step(export, name: str, image: int) -> np.ndarray:
     layer.plastic_bias.copy_(torch.from_numpy(a[f"{name}.plastic_bias"]))
     r_sel = torch.from_numpy(a[f"ref.r_sel.{name}"][image])
     r_inv = torch.from_numpy(a[f"ref.r_inv.{name}"][image])
-    layer.apply_plasticity(r_sel, r_inv, export.model["plasticity_rate"])
+    layer.apply_plasticity(r_sel, r_inv, export.model["plasticity_rate"], export.model["plasticity_decay"])
     return layer.plastic_bias.numpy()
 
 
@@ -32,15 +32,20 @@ def test_one_step_equals_pytorch_apply_plasticity_in_every_layer(tmp_path):
         b_brian = result.masks[layer.name]["b"][0, -1]
         b_torch = _pytorch_step(export, layer.name, 0)
         np.testing.assert_allclose(b_brian, b_torch, rtol=0, atol=1e-13, err_msg=layer.name)
-        # the pathway that drives harder gains weight
+        # the pathway that drives harder gains weight (the decay pulls b towards 0 on top)
+        rate, decay = export.model["plasticity_rate"], export.model["plasticity_decay"]
         delta = export.arrays[f"ref.r_sel.{layer.name}"][0] - export.arrays[f"ref.r_inv.{layer.name}"][0]
-        assert (np.sign(b_brian - b0) == np.sign(delta)).all()
+        np.testing.assert_allclose(b_brian - b0 * (1 - decay), rate * delta, atol=1e-13)
+        assert (np.sign(b_brian - b0 * (1 - decay)) == np.sign(delta)).all()
         assert (np.abs(b_brian - b0) > 1e-6).all(), "the update is too small to show a direction"
 
 
 def test_first_layer_after_one_image_equals_pytorch(tmp_path):
-    """With T = 2 the first layer's drives do not depend on b, so one image = one PyTorch step exactly."""
-    export = random_export(tmp_path / "e.npz", steps=2, n_images=1, rate=0.05)
+    """With T = 2 the first layer's drives do not depend on b, so one image = one PyTorch step exactly.
+
+    (Exactly without decay; a decay applied per tick differs from the per-step one at order decay * rate.)
+    """
+    export = random_export(tmp_path / "e.npz", steps=2, n_images=1, rate=0.05, decay=0.0)
     result = simulate(export, SimOptions(n_images=1, plasticity=True))
     np.testing.assert_allclose(result.masks["conv1"]["b"][0, -1], _pytorch_step(export, "conv1", 0), atol=1e-13)
     # and the update is spread over the steps: half of it after the first of two steps

@@ -35,7 +35,7 @@ def test_smoke_run_beats_chance_clearly(smoke_run):
 def test_save_reload_gives_the_same_accuracy(smoke_run, cifar_dir):
     run_dir, metrics = smoke_run
     ds = evaluate_run(run_dir, data_dir=cifar_dir)
-    assert float(ds.test_accuracy) == pytest.approx(float(metrics.val_accuracy[-1]), abs=1e-12)
+    assert float(ds.test_accuracy) == pytest.approx(float(metrics.test_accuracy), abs=1e-12)
     assert (run_dir / "evaluation.nc").is_file() and "git_commit" in ds.attrs
     saved = read_metrics(run_dir)
     assert float(saved.val_accuracy[-1]) == float(metrics.val_accuracy[-1])

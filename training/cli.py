@@ -99,7 +99,11 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                                    "processes), then the Brian2 simulation, the analyses and the figure notebooks.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds; claims need >= 3 (paired FLEX - VGG intervals over seeds)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also train the ablations (lambda = 0, mask = 1, no 3x3 pool path, down-sampling neurons "
+                        "off, classic max-pool VGG) in stbp mode for every seed; table in ROOT/ablations.md")
     p.add_argument("--jobs", type=int, default=None, help="parallel training processes (default: CPU cores, at most 6)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
@@ -111,7 +115,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from training.reproduce import reproduce
 
     reproduce(args.profile, args.out or Path("runs") / args.profile, seeds=args.seeds, jobs=args.jobs,
-              data_dir=args.data_dir, device=_device(args.device), overrides=args.overrides)
+              data_dir=args.data_dir, device=_device(args.device), overrides=args.overrides, ablations=args.ablations)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,12 +62,39 @@ class MaskLogits(str, enum.Enum):
     THRESHOLD = "threshold"  # BN(Pool(x) - threshold), the original authors' mechanism
 
 
+class MaskMode(str, enum.Enum):
+    """How a flex layer's mask is obtained."""
+
+    LEARNED = "learned"  # m = sigma(logits(x) + eta(t) + b), the PlasticFlex mask
+    CONV_ONLY = "conv_only"  # m = 1: the conv path only (ablation; the flex parameters stay unused)
+
+
+class Downsample(str, enum.Enum):
+    """The 2x2 stride-2 down-sampling stages of the baseline (``flex=False``)."""
+
+    CONV = "conv"  # 2x2 stride-2 conv + BN: the twin of a flex down-sampling stage (default)
+    MAXPOOL = "maxpool"  # the classic VGG: a neuron-free 2x2 max-pool (an extra, named baseline)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and neuron model.
 
     ``time_steps`` is T for the spiking modes; ``ann`` always runs one step
     (see :attr:`steps`).
+
+    Stages (DESIGN.md §1, the twin baseline): ``flex`` makes every stage a
+    PlasticFlexLayer; ``flex=False`` keeps the same stages with the pool path
+    and mask removed (3x3 conv stages, 2x2 stride-2 conv down-sampling), so
+    both sides have neurons in exactly the same places. ``down_neurons`` puts
+    LIF (or ReLU) units after the down-sampling stages, on both sides. Ablations:
+    ``flex_3x3=False`` (flex on the down-sampling stages only), ``mask_mode=conv_only``
+    (m = 1), ``plasticity_rate=0`` (no plasticity); ``downsample=maxpool`` with
+    ``flex=False`` is the classic max-pool VGG (no neurons on its pools).
+
+    Plasticity (:mod:`training.equations`): after each step
+    ``b <- (1 - plasticity_decay) b + plasticity_rate (r_sel - r_inv)``; the
+    drives lie in [0, 1], so ``|b| <= plasticity_rate / plasticity_decay``.
     """
 
     arch: Arch = Arch.VGG11
@@ -85,7 +112,12 @@ class ModelConfig:
     mask_sigma: MaskSigma = MaskSigma.HARD
     mask_logits: MaskLogits = MaskLogits.THRESHOLD
     mask_init: float = 0.0
+    mask_mode: MaskMode = MaskMode.LEARNED
+    flex_3x3: bool = True
+    downsample: Downsample = Downsample.CONV
+    down_neurons: bool = True
     plasticity_rate: float = 1e-3
+    plasticity_decay: float = 1e-3
     num_classes: int = 10
     ticks: int = 1  # K ticks per step: the time resolution of the LIF (DESIGN.md §6; training.neurons.lif_ticks)
 
@@ -96,6 +128,14 @@ class ModelConfig:
         _check(self.theta > 0, "model.theta", self.theta, "is the firing threshold and must be > 0")
         _check(self.surrogate_alpha > 0, "model.surrogate_alpha", self.surrogate_alpha, "must be > 0")
         _check(self.plasticity_rate >= 0, "model.plasticity_rate", self.plasticity_rate, "is lambda and must be >= 0 (0 disables plasticity)")
+        _check(0 <= self.plasticity_decay < 1, "model.plasticity_decay", self.plasticity_decay,
+               "is the decay of the plastic bias per update and must lie in [0, 1) (it bounds |b| by rate/decay)")
+        _check(self.plasticity_rate == 0 or self.plasticity_decay > 0, "model.plasticity_decay", self.plasticity_decay,
+               "must be > 0 when model.plasticity_rate > 0: without decay the plastic bias is unbounded")
+        _check(-3.0 < self.mask_init < 3.0, "model.mask_init", self.mask_init,
+               "must lie in (-3, 3): beyond it the hard-sigmoid mask starts saturated and passes no gradient")
+        _check(not (self.flex and self.downsample is Downsample.MAXPOOL), "model.downsample", self.downsample.value,
+               "is only for the baseline (flex=false): a flex down-sampling stage already mixes a max-pool path")
         _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "must be >= 2")
         _check(self.ticks >= 1, "model.ticks", self.ticks, "is the number of ticks per step and must be >= 1")
         if self.ticks > 1:
@@ -103,6 +143,9 @@ class ModelConfig:
                    "needs spiking neurons; an ann-mode model has one step and no membrane (use model.ticks=1)")
             _check(0.0 < self.beta < 1.0, "model.ticks", self.ticks,
                    f"needs a leaky membrane, 0 < model.beta < 1 (got beta={self.beta}), to divide a step into ticks")
+            _check(self.down_neurons, "model.ticks", self.ticks,
+                   "needs neurons after every stage (model.down_neurons=true): an analog current between "
+                   "stages has no tick-by-tick form in Brian2")
 
     @property
     def steps(self) -> int:
@@ -113,10 +156,23 @@ class ModelConfig:
     def spiking(self) -> bool:
         return self.mode is not Mode.ANN
 
+    @property
+    def family(self) -> str:
+        """``flex``, ``vgg`` (the twin) or ``vggmp`` (the classic max-pool VGG)."""
+        if self.flex:
+            return "flex"
+        return "vggmp" if self.downsample is Downsample.MAXPOOL else "vgg"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation. ``train_subset`` = 0 uses the whole training split."""
+    """Optimisation and data.
+
+    ``val_size`` class-balanced images are carved from the training split (fixed
+    by ``data_seed``, the same for every model seed) for the per-epoch
+    validation; ``train_subset`` (0 = all) is drawn from the rest. The test
+    split is evaluated once, after the last epoch.
+    """
 
     epochs: int = 120
     batch_size: int = 128
@@ -132,6 +188,8 @@ class TrainConfig:
     # Coarse-to-fine time resolution: only the last `tick_steps` optimisation steps run at model.ticks, the
     # ones before at one tick per step (K times cheaper); 0 = every step at model.ticks (DESIGN.md §6)
     tick_steps: int = 0
+    val_size: int = 5000
+    data_seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -145,6 +203,9 @@ class TrainConfig:
         _check(self.tick_steps >= 0, "train.tick_steps", self.tick_steps,
                "is the number of final steps trained at model.ticks and must be >= 0 (0 = all)")
         _check(self.train_subset >= 0, "train.train_subset", self.train_subset, "must be >= 0 (0 = whole training split)")
+        _check(10 <= self.val_size <= 25000, "train.val_size", self.val_size,
+               "must lie in [10, 25000] (validation images carved from the 50,000 training images)")
+        _check(self.data_seed >= 0, "train.data_seed", self.data_seed, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -162,7 +223,7 @@ class RunConfig:
     @property
     def variant(self) -> str:
         """Short name such as ``flex-stbp`` or ``vgg-ann``."""
-        return f"{'flex' if self.model.flex else 'vgg'}-{self.model.mode.value}"
+        return f"{self.model.family}-{self.model.mode.value}"
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
@@ -188,7 +249,8 @@ def _profile_smoke() -> RunConfig:
     """Seconds per model: for tests."""
     return RunConfig(
         model=ModelConfig(arch=Arch.VGG5, width=0.125, time_steps=2),
-        train=TrainConfig(epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.2, train_subset=4096, eval_batch_size=250),
+        train=TrainConfig(epochs=1, batch_size=64, lr=0.1, warmup_epochs=0.2, train_subset=4096, eval_batch_size=250,
+                          val_size=1000),
         profile="smoke",
     )
 

@@ -155,17 +155,39 @@ def batches(split: Split, batch_size: int, *, generator: torch.Generator | None 
             yield to_float(split.images[start:start + batch_size]), split.labels[start:start + batch_size]
 
 
+def balanced_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a fixed, class-balanced random selection of ``n`` of ``labels``."""
+    g = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    classes = labels.unique()
+    quota = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+    per_class = []
+    for cls, q in zip(classes, quota):
+        idx = (labels == cls).nonzero().flatten()
+        per_class.append(idx[torch.randperm(len(idx), generator=g)[:q]])
+    return torch.cat(per_class).sort().values
+
+
 def subset(split: Split, n: int, seed: int) -> Split:
     """A fixed, class-balanced random subset of ``n`` examples (``n = 0``: the whole split)."""
     if n == 0 or n >= len(split):
         return split
-    g = torch.Generator().manual_seed(seed)
-    labels = split.labels.cpu()
-    per_class = []
-    classes = labels.unique()
-    quota = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
-    for cls, q in zip(classes, quota):
-        idx = (labels == cls).nonzero().flatten()
-        per_class.append(idx[torch.randperm(len(idx), generator=g)[:q]])
-    keep = torch.cat(per_class).sort().values.to(split.images.device)
+    keep = balanced_indices(split.labels, n, seed).to(split.images.device)
     return Split(split.images[keep], split.labels[keep])
+
+
+def hold_out(split: Split, n: int, seed: int) -> tuple[Split, Split]:
+    """``(rest, held_out)``: a class-balanced set of ``n`` examples carved from ``split``, fixed by ``seed``.
+
+    The validation split of a run is ``hold_out(train, val_size, data_seed)[1]``; the
+    training examples come from ``rest`` only, so the two never overlap.
+    """
+    if not 0 < n < len(split):
+        raise ValueError(f"cannot hold out {n} of {len(split)} examples; choose 0 < n < {len(split)}.")
+    held = balanced_indices(split.labels, n, seed)
+    mask = torch.ones(len(split), dtype=torch.bool)
+    mask[held] = False
+    rest = mask.nonzero().flatten()
+    dev = split.images.device
+    held, rest = held.to(dev), rest.to(dev)
+    return Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held])

@@ -6,14 +6,34 @@ DESIGN.md §1::
     m(x, t) = sigma(logits(x) + eta(t) + b)
     logits(x) = BN(Pool(x) - threshold)                  ("threshold" mechanism)
     Pool(x)   = P @ maxpool(x)                           (P: the channel map below)
-    after each training step:  b <- b + lambda * (r_sel - r_inv)
+    after each training step:  b <- b + lambda * (r_sel - r_inv) - delta * b
 
-``r_sel`` / ``r_inv`` (per output channel) are the *mean rectified output* of
-the conv / pool path, ``mean(relu(Conv(x)))`` and ``mean(relu(Pool(x)))``,
-averaged over batch, positions and time steps; the paths are taken before
-the mask is applied, so the rule compares the raw drive of the two pathways.
-The pathway that drives harder gains weight: ``r_sel > r_inv`` raises ``b`` and
-so the conv share ``m``.
+Pathway drives (per output channel). For a path's output ``x`` at one time
+step, its drive is the mean rectified output divided by its root mean square,
+both over batch and positions::
+
+    drive(x_t) = mean(relu(x_t)) / sqrt(mean(x_t^2) + EPS)        in [0, 1]
+
+and ``r_sel`` / ``r_inv`` are the means over time steps of the drives of
+the conv path ``Conv(x)`` and the pool path ``Pool(x)``, taken before the
+mask is applied. Why this form: the drive is scale-free (a path multiplied by
+any positive constant has the same drive), so the batch-normed conv path and
+the pooled spikes (<= 1) compete on equal terms instead of the larger-scaled
+path winning everywhere (with the raw means, ``r_sel > r_inv`` held in every
+channel and ``b`` only rose). What it measures: the rectified mean, i.e. how
+hard the path pushes the neuron up, in units of the path's own RMS. Reference
+values: 1 for a constant positive path, ``1/sqrt(2 pi) = 0.40`` for a zero-mean
+Gaussian path (a batch-normed conv with zero shift), ``sqrt(q)`` for binary
+spikes at rate ``q`` (so pooled spikes out-drive a centred conv path when more
+than 16 % of them are on). The pathway that drives harder gains weight:
+``r_sel > r_inv`` raises ``b`` and so the conv
+share ``m``.
+
+Boundedness: both drives lie in [0, 1], so with ``0 < delta <= 1`` every
+update keeps ``|b| <= lambda / delta`` (``|b'| <= (1 - delta) lambda/delta +
+lambda``), whatever the number of updates; ``b`` relaxes to
+``lambda (r_sel - r_inv) / delta`` with time constant ``1/delta`` updates.
+``lambda = 0`` disables the rule.
 
 The functions below use only arithmetic and ``.clip`` so they work unchanged
 on numpy arrays and torch tensors; ``*_EXPR`` are the same formulas as Brian2
@@ -37,9 +57,27 @@ def logistic(z):
     return 1.0 / (1.0 + np.exp(-z)) if isinstance(z, (np.ndarray, float)) else z.sigmoid()
 
 
-def plasticity_delta(r_sel, r_inv, rate: float):
-    """Change of the plastic mask bias: ``Δb = λ (r_sel − r_inv)``."""
-    return rate * (r_sel - r_inv)
+EPS = 1e-12  # keeps a silent path's drive at 0 instead of 0/0
+
+# Brian2 renderings of the same formulas (per tick, per channel; means over positions as summed variables)
+DRIVE_EXPR = "{mean_relu} / sqrt({mean_square} + {eps})"
+PLASTICITY_EXPR = "b += {rate}*(rs - ri) - {decay}*b"
+
+
+def pathway_drive(x, dims):
+    """Scale-free drive of one path, ``mean(relu(x)) / sqrt(mean(x^2) + EPS)`` over ``dims``."""
+    mean_relu = x.clip(0.0, None).mean(dims)
+    return mean_relu / ((x * x).mean(dims) + EPS) ** 0.5
+
+
+def plasticity_delta(r_sel, r_inv, rate: float, decay: float, b):
+    """Change of the plastic mask bias: ``Δb = λ (r_sel − r_inv) − δ b``."""
+    return rate * (r_sel - r_inv) - decay * b
+
+
+def plasticity_bound(rate: float, decay: float) -> float:
+    """Largest ``|b|`` the rule can reach from ``b = 0`` (``inf`` without decay)."""
+    return rate / decay if decay > 0 else (0.0 if rate == 0 else float("inf"))
 
 
 def channel_map_matrix(c_in: int, c_out: int) -> np.ndarray:

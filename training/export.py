@@ -52,6 +52,12 @@ def model_arrays(model: SpikingVGG) -> tuple[list[dict], dict[str, np.ndarray]]:
     layers, arrays = [], {"input.mean": _f64(model.mean).ravel(), "input.std": _f64(model.std).ravel()}
     c, size = 3, IMAGE_SIZE
     for name, stage in zip(model.names, model.stages):
+        if not isinstance(stage, nn.MaxPool2d) and name not in model.activations:
+            raise ValueError(f"stage {name} has no neurons after it (model.down_neurons=false); the Brian2 network "
+                             "is built from spiking stages only. Export a run trained with down_neurons=true.")
+        if isinstance(stage, PlasticFlexLayer) and stage.mask_mode.value != "learned":
+            raise ValueError(f"stage {name} has mask_mode={stage.mask_mode.value!r}; only the learned mask is "
+                             "exported (a conv_only ablation is the twin baseline: export that instead).")
         if isinstance(stage, PlasticFlexLayer):
             kind, k, s, p = "flex", stage.kernel, stage.stride, stage.padding
             arrays[f"{name}.weight"], arrays[f"{name}.bias"] = fold_conv(stage.conv, stage.bn)
@@ -62,7 +68,7 @@ def model_arrays(model: SpikingVGG) -> tuple[list[dict], dict[str, np.ndarray]]:
             arrays[f"{name}.plastic_bias"] = _f64(stage.plastic_bias)
             c_out = stage.conv.out_channels
         elif isinstance(stage, ConvStage):
-            kind, k, s, p = "conv", 3, 1, 1
+            kind, k, s, p = "conv", stage.kernel, stage.stride, stage.padding
             arrays[f"{name}.weight"], arrays[f"{name}.bias"] = fold_conv(stage.conv, stage.bn)
             c_out = stage.conv.out_channels
         elif isinstance(stage, nn.MaxPool2d):
@@ -144,9 +150,10 @@ def _flex_current(layer: LayerSpec, a: dict[str, torch.Tensor], flat: torch.Tens
     mask = sigma(logits + time_bias)
     current = pool + mask * (conv - pool)
     out[f"mask_mean.{n}"] = mask.mean(dim=(3, 4)).transpose(0, 1).numpy()
-    # per-image drives as PlasticFlexLayer defines them (mean over time and positions; batch of one image)
-    out[f"r_sel.{n}"] = conv.relu().mean(dim=(0, 3, 4)).numpy()
-    out[f"r_inv.{n}"] = pool.relu().mean(dim=(0, 3, 4)).numpy()
+    # per-image drives as PlasticFlexLayer defines them (equations.pathway_drive per step, mean over steps;
+    # a batch of one image)
+    out[f"r_sel.{n}"] = equations.pathway_drive(conv, (3, 4)).mean(0).numpy()
+    out[f"r_inv.{n}"] = equations.pathway_drive(pool, (3, 4)).mean(0).numpy()
     return current
 
 
@@ -196,8 +203,8 @@ def _reference_ticks(export: Export, a: dict[str, torch.Tensor], x: torch.Tensor
                 conv_step = step_sum(F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], None, layer.stride,
                                               layer.padding).unflatten(0, x.shape[:2]), steps) + bias
                 pool_step = seen.unflatten(0, (steps, ticks))[:, -1]
-                out[f"r_sel.{n}"] = conv_step.relu().mean(dim=(0, 3, 4)).numpy()
-                out[f"r_inv.{n}"] = pool_step.relu().mean(dim=(0, 3, 4)).numpy()
+                out[f"r_sel.{n}"] = equations.pathway_drive(conv_step, (3, 4)).mean(0).numpy()
+                out[f"r_inv.{n}"] = equations.pathway_drive(pool_step, (3, 4)).mean(0).numpy()
         analog = False
         x = lif_ticks(held, charge, steps, params, tick, _heaviside)
         per_step = x.unflatten(0, (steps, ticks))
@@ -221,8 +228,8 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
     header = {
         "model": {"arch": m.arch.value, "flex": m.flex, "mode": m.mode.value, "width": m.width, "steps": m.steps,
                   "beta": m.beta, "theta": m.theta, "reset": m.reset.value, "mask_sigma": m.mask_sigma.value,
-                  "encoding": m.encoding.value, "plasticity_rate": m.plasticity_rate, "num_classes": m.num_classes,
-                  "ticks": m.ticks},
+                  "encoding": m.encoding.value, "plasticity_rate": m.plasticity_rate,
+                  "plasticity_decay": m.plasticity_decay, "num_classes": m.num_classes, "ticks": m.ticks},
         "physics": physics(m.beta, m.ticks),
         "layers": layers,
         "readout": {"source": last["name"], "features": last["c_out"] * last["out_size"][0] * last["out_size"][1]},

@@ -48,7 +48,7 @@ import numpy as np
 from training.results import atomic_path
 
 FORMAT_NAME = "bioflexnet-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: scale-free pathway drives and model.plasticity_decay (bounded plasticity rule)
 KINDS = ("flex", "conv", "pool")
 RESETS = ("subtract", "zero")
 SIGMAS = ("hard", "logistic")
@@ -193,6 +193,10 @@ def validate(header: Any, arrays: dict[str, np.ndarray], source: str) -> Export:
     version = header.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise ExportError(f"{source}: format_version={version!r} is not a positive integer.")
+    if version < FORMAT_VERSION:
+        raise ExportError(f"{source}: format_version={version} was written by an older bioflexnet whose plasticity "
+                          f"rule differs (this version reads {FORMAT_VERSION}); export the run again with "
+                          "`bioflexnet export RUN_DIR`.")
     if version > FORMAT_VERSION:
         raise ExportError(f"{source} has export format version {version}, newer than this bioflexnet reads "
                           f"({FORMAT_VERSION}); upgrade bioflexnet or export again with this version.")
@@ -231,7 +235,8 @@ def _require(ok: bool, source: str, what: str) -> None:
 def _check_header(header: dict[str, Any], source: str) -> None:
     model = header.get("model")
     _require(isinstance(model, dict), source, "no 'model' object")
-    for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "num_classes"):
+    for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "plasticity_decay",
+                "num_classes"):
         _require(key in model, source, f"model.{key} is missing")
     _require(isinstance(model["steps"], int) and model["steps"] >= 1, source, f"model.steps={model['steps']!r}")
     _require(0.0 <= model["beta"] <= 1.0, source, f"model.beta={model['beta']!r} is not in [0, 1]")

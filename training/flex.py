@@ -15,14 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import equations
-from training.config import MaskSigma
+from training.config import MaskMode, MaskSigma
+
+# The conv path's BN starts at gamma = 1/m0 (see PlasticFlexLayer); m0 is floored so that a
+# strongly negative mask_init cannot turn the conv path's scale into 1/1e-3 = 1000.
+MIN_INIT_SHARE = 0.25
 
 
 class FlexOutput(NamedTuple):
     current: torch.Tensor  # u, [T, B, C_out, H', W']
     mask: torch.Tensor  # m, [T, B, C_out, H', W'] (conv share)
-    r_sel: torch.Tensor | None  # [C_out], mean rectified conv-path output; training mode only
-    r_inv: torch.Tensor | None  # [C_out], mean rectified pool-path output; training mode only
+    r_sel: torch.Tensor | None  # [C_out], conv-path drive (equations.pathway_drive); training mode only
+    r_inv: torch.Tensor | None  # [C_out], pool-path drive; training mode only
 
 
 def flat_time(fn, x: torch.Tensor) -> torch.Tensor:
@@ -47,25 +51,31 @@ class PlasticFlexLayer(nn.Module):
         Number of time steps (length of ``eta``).
     sigma
         Mask nonlinearity.
+    mask_mode
+        ``learned`` (the PlasticFlex mask) or ``conv_only`` (m = 1, an ablation).
     """
 
     kind = "flex"
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
                  out_size: tuple[int, int], steps: int, sigma: MaskSigma = MaskSigma.HARD,
-                 mask_init: float = 0.0):
+                 mask_init: float = 0.0, mask_mode: MaskMode = MaskMode.LEARNED):
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.sigma = MaskSigma(sigma)
+        self.mask_mode = MaskMode(mask_mode)
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         # The mask gives the conv path only a share m0 = sigma(mask_init) of the current at
         # initialisation (1/2 by default). Scaling the conv path's BN by 1/m0 keeps the neuron's
         # input at the unit scale of the plain VGG; without it the deep spiking nets fire too
         # sparsely to learn (flex-stbp on vgg11: 18 % vs 29 % test accuracy after 200 steps).
+        # With m = 1 (conv_only) the conv path carries the whole current from the start.
         share = float(F.hardsigmoid(torch.tensor(mask_init)) if sigma is MaskSigma.HARD
                       else torch.sigmoid(torch.tensor(mask_init)))
-        nn.init.constant_(self.bn.weight, 1.0 / max(share, 1e-3))
+        if self.mask_mode is MaskMode.CONV_ONLY:
+            share = 1.0
+        nn.init.constant_(self.bn.weight, 1.0 / max(share, MIN_INIT_SHARE))
         self.register_buffer("channel_map", torch.tensor(equations.channel_map_matrix(c_in, c_out), dtype=torch.float32))
         self.threshold = nn.Parameter(torch.zeros(c_out, *out_size))
         self.logit_bn = nn.BatchNorm2d(c_out)
@@ -99,19 +109,26 @@ class PlasticFlexLayer(nn.Module):
         if steps > self.eta.shape[0]:
             raise ValueError(f"layer was built for {self.eta.shape[0]} time steps, asked for {steps}.")
         conv = flat_time(self.conv_path, x)
+        if self.mask_mode is MaskMode.CONV_ONLY:
+            return FlexOutput(conv, torch.ones_like(conv[:, :1]).expand_as(conv), None, None)
         pool = flat_time(self.pool_path, x)
         logits = flat_time(self.logits, pool)
         time_bias = (self.eta[:steps] + self.plastic_bias)[:, None, :, None, None]  # [T, 1, C, 1, 1]
         mask = self.mask_fn(logits + time_bias)  # broadcasts a constant input to T steps
         current = torch.addcmul(pool, mask, conv - pool)  # m*conv + (1-m)*pool
         r_sel = r_inv = None
-        if self.training:  # pathway drive for the plasticity rule
+        if self.training:  # pathway drives for the plasticity rule
             with torch.no_grad():
-                r_sel = conv.relu().mean(dim=(0, 1, 3, 4))
-                r_inv = pool.relu().mean(dim=(0, 1, 3, 4))
+                r_sel, r_inv = pathway_drives(conv, pool)
         return FlexOutput(current, mask, r_sel, r_inv)
 
     @torch.no_grad()
-    def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, rate: float) -> None:
-        """Hebbian update of the plastic bias, ``b += rate (r_sel - r_inv)``."""
-        self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, rate)
+    def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, rate: float, decay: float) -> None:
+        """Hebbian update of the plastic bias, ``b += rate (r_sel - r_inv) - decay b``."""
+        self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, rate, decay, self.plastic_bias)
+
+
+def pathway_drives(conv: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r_sel, r_inv)`` per channel from ``[T', B, C, H, W]`` paths: per-step drives, mean over steps."""
+    dims = (1, 3, 4)
+    return (equations.pathway_drive(conv, dims).mean(0), equations.pathway_drive(pool, dims).mean(0))

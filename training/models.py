@@ -1,14 +1,22 @@
 """VGG backbones for CIFAR-10 in ``ann`` / ``hybrid`` / ``stbp`` mode, with or without PlasticFlex.
 
-Architecture (VGG-11/16, CIFAR variant): the feature stack is a list of
+Architecture (VGG-5/7/11/16, CIFAR variant): the feature stack is a list of
 stages; each conv stage is a 3x3 convolution (stride 1, padding 1) and each
-``M`` stage a 2x2 stride-2 down-sampling. With ``flex=False`` the stages are
-``conv -> BN -> activation`` and a plain 2x2 max-pool (the VGG baseline).
-With ``flex=True`` *every* stage is a :class:`PlasticFlexLayer` followed by
-the activation: 3x3 stages mix a 3x3 conv with a 3x3 stride-1 max-pool,
-``M`` stages mix a 2x2 stride-2 conv (C -> C) with a 2x2 max-pool. A linear
-read-out maps the last feature map (1x1 for 32x32 inputs) to class scores;
-the output is its mean over the T steps.
+``M`` stage a 2x2 stride-2 down-sampling (C -> C). With ``flex=True`` every
+stage is a :class:`PlasticFlexLayer`: 3x3 stages mix a 3x3 conv with a 3x3
+stride-1 max-pool, ``M`` stages a 2x2 stride-2 conv with a 2x2 max-pool.
+With ``flex=False`` (the *twin* baseline, DESIGN.md §1) the same stages keep
+only their conv path: ``conv -> BN`` with the same kernel, stride and
+padding. Every 3x3 stage is followed by the activation; ``M`` stages are
+followed by it when ``down_neurons`` (the default, on both sides), so FLEX and
+its twin have neurons in exactly the same places and differ only by the flex
+mixing. Why neurons on the down-sampling stages: every stage's output is then
+spikes, which is what the Brian2 network is built from (a stage without
+neurons would pass an analog current on), and it is the original authors'
+flex model. ``downsample=maxpool`` is the classic max-pool VGG (no neurons on
+its pools), an extra named baseline (variant ``vggmp-*``). A linear read-out
+maps the last feature map (1x1 for 32x32 inputs) to class scores; the output
+is its mean over the T steps.
 
 The activation is ReLU in ``ann`` mode and LIF spikes otherwise
 (:mod:`training.neurons`). Input normalisation by the CIFAR-10 channel
@@ -21,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from training.config import Encoding, Mode, ModelConfig
+from training.config import Downsample, Encoding, Mode, ModelConfig
 from training.flex import PlasticFlexLayer, flat_time
 from training.neurons import LIFParams, TickParams, lif_multistep, lif_ticks
 from training.surrogate import make_surrogate
@@ -53,17 +61,20 @@ class LayerTrace(NamedTuple):
 
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # [B, classes], mean over time of the read-out
-    layers: tuple[LayerTrace, ...]
+    layers: tuple[LayerTrace, ...]  # every neuron layer, in order
+    # pathway drives (r_sel, r_inv) of every flex layer in training mode, neurons after it or not
+    drives: tuple[tuple[str, torch.Tensor, torch.Tensor], ...] = ()
 
 
 class ConvStage(nn.Module):
-    """Baseline stage: 3x3 convolution + batch-norm."""
+    """Baseline stage: convolution + batch-norm (3x3 stride 1, or 2x2 stride 2 for down-sampling)."""
 
     kind = "conv"
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,20 +121,24 @@ class SpikingVGG(nn.Module):
         for item in VGG_STAGES[cfg.arch.value]:
             if item == "M":
                 n_down += 1
-                name = f"down{n_down}"
+                name, c_out, (k, stride, pad) = f"down{n_down}", c, (2, 2, 0)
+                flex, neurons = cfg.flex, cfg.down_neurons
                 size //= 2
-                stage = (PlasticFlexLayer(c, c, 2, 2, 0, (size, size), cfg.steps, cfg.mask_sigma, cfg.mask_init)
-                         if cfg.flex else nn.MaxPool2d(2, 2))
             else:
                 n_conv += 1
-                name = f"conv{n_conv}"
-                c_out = max(1, round(int(item) * cfg.width))
-                stage = (PlasticFlexLayer(c, c_out, 3, 1, 1, (size, size), cfg.steps, cfg.mask_sigma, cfg.mask_init)
-                         if cfg.flex else ConvStage(c, c_out))
-                c = c_out
+                name, c_out, (k, stride, pad) = f"conv{n_conv}", max(1, round(int(item) * cfg.width)), (3, 1, 1)
+                flex, neurons = cfg.flex and cfg.flex_3x3, True
+            if item == "M" and not cfg.flex and cfg.downsample is Downsample.MAXPOOL:
+                stage, neurons = nn.MaxPool2d(2, 2), False
+            elif flex:
+                stage = PlasticFlexLayer(c, c_out, k, stride, pad, (size, size), cfg.steps, cfg.mask_sigma,
+                                         cfg.mask_init, cfg.mask_mode)
+            else:
+                stage = ConvStage(c, c_out, k, stride, pad)
+            c = c_out
             self.stages.append(stage)
             self.names.append(name)
-            if cfg.flex or item != "M":
+            if neurons:
                 self.activations[name] = Activation(cfg)
         self.classifier = nn.Linear(c * size * size, cfg.num_classes)
 
@@ -155,19 +170,24 @@ class SpikingVGG(nn.Module):
             return run_ticks(self, images, ticks)
         steps = self.cfg.steps
         x = self.encode(images)
-        traces = []
+        traces, drives = [], []
         for name, stage in zip(self.names, self.stages):
+            mask = r_sel = r_inv = None
             if isinstance(stage, PlasticFlexLayer):
                 out = stage(x, steps)
-                x = self.activations[name](out.current, steps)
-                traces.append(LayerTrace(name, x, out.mask, out.r_sel, out.r_inv))
+                x, mask, r_sel, r_inv = out.current, out.mask, out.r_sel, out.r_inv
             elif isinstance(stage, ConvStage):
-                x = self.activations[name](stage(x), steps)
-                traces.append(LayerTrace(name, x, None, None, None))
-            else:  # baseline max-pool of the previous layer's output (OR of spikes)
+                x = stage(x)
+            else:  # classic baseline: max-pool of the previous layer's output (OR of spikes)
                 x = flat_time(stage, x)
+                continue
+            if r_sel is not None:
+                drives.append((name, r_sel, r_inv))
+            if name in self.activations:
+                x = self.activations[name](x, steps)
+                traces.append(LayerTrace(name, x, mask, r_sel, r_inv))
         scores = self.classifier(x.flatten(2))  # [T, B, classes]
-        return ModelOutput(scores.mean(0), tuple(traces))
+        return ModelOutput(scores.mean(0), tuple(traces), tuple(drives))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images).logits
@@ -180,13 +200,17 @@ class SpikingVGG(nn.Module):
         return {n: s for n, s in zip(self.names, self.stages) if isinstance(s, PlasticFlexLayer)}
 
     @torch.no_grad()
-    def apply_plasticity(self, traces: tuple[LayerTrace, ...]) -> None:
-        """Hebbian step of every flex layer's mask bias from one forward pass."""
+    def apply_plasticity(self, out: ModelOutput) -> None:
+        """Hebbian step of every flex layer's mask bias from the drives of one forward pass."""
         layers = self.flex_layers()
-        for tr in traces:
-            if tr.name in layers and tr.r_sel is not None:
-                layers[tr.name].apply_plasticity(tr.r_sel, tr.r_inv, self.cfg.plasticity_rate)
+        for name, r_sel, r_inv in out.drives:
+            layers[name].apply_plasticity(r_sel, r_inv, self.cfg.plasticity_rate, self.cfg.plasticity_decay)
 
 
 def build_model(cfg: ModelConfig) -> SpikingVGG:
     return SpikingVGG(cfg)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable parameters (the plastic bias and the channel map are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import Encoding
-from training.flex import PlasticFlexLayer, flat_time
+from training.config import Encoding, MaskMode
+from training.flex import PlasticFlexLayer, flat_time, pathway_drives
 from training.neurons import tick_params
 
 if TYPE_CHECKING:
@@ -95,6 +95,8 @@ def flex_drive(stage: PlasticFlexLayer, x: torch.Tensor, steps: int):
     """Held drive, charge, mask and pathway drives of a spike-driven flex layer (module docstring)."""
     ticks = x.shape[0] // steps
     charge_c, bias, conv_step = conv_drive(stage.conv, stage.bn, x, steps)
+    if stage.mask_mode is MaskMode.CONV_ONLY:  # m = 1: a conv stage
+        return bias[None, None], charge_c, torch.ones_like(charge_c[:, :, :1]).expand_as(charge_c), None, None
     window = flat_time(lambda z: F.max_pool2d(z, stage.kernel, stage.stride, stage.padding), x)
     fires, seen = or_relay(window, steps)
     if stage.channel_map.shape[0] != stage.channel_map.shape[1]:
@@ -105,10 +107,9 @@ def flex_drive(stage: PlasticFlexLayer, x: torch.Tensor, steps: int):
     mask = stage.mask_fn(lscale * (seen - stage.threshold) + lshift + time_bias)
     held, charge = mask * bias, torch.addcmul(fires, mask, charge_c - fires)
     r_sel = r_inv = None
-    if stage.training:
+    if stage.training:  # the drives of the per-step paths, as PlasticFlexLayer (a K = 1 model) measures them
         with torch.no_grad():
-            r_sel = conv_step.relu().mean(dim=(0, 1, 3, 4))
-            r_inv = pool_step.relu().mean(dim=(0, 1, 3, 4))
+            r_sel, r_inv = pathway_drives(conv_step, pool_step)
     return held, charge, mask, r_sel, r_inv
 
 
@@ -124,7 +125,7 @@ def run_ticks(model: SpikingVGG, images: torch.Tensor, ticks: int) -> ModelOutpu
     analog = cfg.encoding is Encoding.DIRECT  # the first layer sees the image as a held current
     if not analog:
         x = first_tick(x, ticks)
-    traces = []
+    traces, drives = [], []
     for name, stage in zip(model.names, model.stages):
         mask = r_sel = r_inv = None
         if isinstance(stage, PlasticFlexLayer):
@@ -143,7 +144,11 @@ def run_ticks(model: SpikingVGG, images: torch.Tensor, ticks: int) -> ModelOutpu
             x = or_relay(flat_time(stage, x), steps)[0]
             continue
         analog = False
+        if r_sel is not None:
+            drives.append((name, r_sel, r_inv))
+        if name not in model.activations:  # model.down_neurons=false is refused with ticks > 1 (config)
+            raise ValueError(f"stage {name} has no neurons; K > 1 ticks need a neuron after every stage.")
         x = model.activations[name].ticks(held, charge, steps, tick)
         traces.append(LayerTrace(name, step_sum(x, steps), mask, r_sel, r_inv))
     scores = model.classifier(step_sum(x, steps).flatten(2))
-    return ModelOutput(scores.mean(0), tuple(traces))
+    return ModelOutput(scores.mean(0), tuple(traces), tuple(drives))

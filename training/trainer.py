@@ -1,5 +1,11 @@
 """The training loop: SGD with a triangular learning rate, full validation every epoch.
 
+Splits: the validation split is carved from the training images
+(:func:`training.data.hold_out`, ``train.val_size`` class-balanced images fixed by
+``train.data_seed``); it drives the per-epoch curves. The test split is
+evaluated once, after the last epoch, and stored as ``test_accuracy`` /
+``test_loss`` beside the curves; nothing is chosen on it.
+
 Reproducibility: the model is initialised from ``seed``; the shuffling,
 augmentation and any Poisson draws of epoch ``e`` come from generators seeded
 with ``(seed, e)``, so a run resumed after epoch ``e`` continues exactly as
@@ -22,7 +28,7 @@ from tqdm.auto import tqdm
 
 from training import data as cifar
 from training.config import ConfigError, RunConfig
-from training.models import ModelOutput, SpikingVGG, build_model
+from training.models import ModelOutput, SpikingVGG, build_model, parameter_count
 from training.results import provenance, write_dataset, write_json
 from training.runs import (CHECKPOINT, METRICS, PROVENANCE, RunDirError, load_checkpoint, run_config,
                            save_checkpoint, write_config)
@@ -97,8 +103,9 @@ class Trainer:
 
     def run(self, resume: bool = False) -> xr.Dataset:
         cfg, tc, run_dir = self.cfg, self.cfg.train, Path(self.run_dir)
-        train_split = cifar.subset(cifar.load_split("train", self.data_dir, self.device), tc.train_subset, cfg.seed)
-        test_split = cifar.load_split("test", self.data_dir, self.device)
+        pool, val_split = cifar.hold_out(cifar.load_split("train", self.data_dir, self.device), tc.val_size,
+                                         tc.data_seed)
+        train_split = cifar.subset(pool, tc.train_subset, cfg.seed)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model).to(self.device)
         opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
@@ -109,9 +116,9 @@ class Trainer:
                              "examples; lower the batch size or raise train.train_subset.")
         total_steps, warmup = steps_per_epoch * tc.epochs, round(steps_per_epoch * tc.warmup_epochs)
         history: list[dict[str, Any]] = []
-        start_epoch = 0
+        start_epoch, test = 0, None
         if resume:
-            start_epoch, history = self._restore(model, opt)
+            start_epoch, history, test = self._restore(model, opt)
         else:
             self._start(run_dir)
             if tc.init_from:
@@ -141,28 +148,34 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                model.apply_plasticity(out.layers)
+                model.apply_plasticity(out)
                 loss_sum += loss.item() * len(y)
                 correct += (out.logits.argmax(1) == y).sum().item()
                 seen += len(y)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
-            val = evaluate(model, test_split, tc.eval_batch_size,
+            val = evaluate(model, val_split, tc.eval_batch_size,
                            ticks=ticks_at(step, total_steps, tc.tick_steps, cfg.model.ticks))
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                             "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": lr,
                             "train_time": train_time, "eval_time": time.perf_counter() - t1,
                             "firing_rate": val.firing_rate, "conv_ratio": val.conv_ratio})
+            if epoch + 1 == tc.epochs:  # the test split, once, after the last epoch
+                res = evaluate(model, cifar.load_split("test", self.data_dir, self.device), tc.eval_batch_size)
+                test = {"test_loss": res.loss, "test_accuracy": res.accuracy}
             save_checkpoint(run_dir, {"config": cfg.to_dict(), "model": model.state_dict(),
                                       "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
-                                      "provenance": prov})
-            metrics = metrics_dataset(history, model.names_with_neurons(), cfg, prov)
+                                      "test": test, "provenance": prov})
+            metrics = metrics_dataset(history, model.names_with_neurons(), cfg, prov, test, parameter_count(model))
             write_dataset(metrics, run_dir / METRICS)
             print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: train loss {loss_sum / seen:.4f} "
-                  f"acc {correct / seen:.4f} | test loss {val.loss:.4f} acc {val.accuracy:.4f} "
+                  f"acc {correct / seen:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f} "
                   f"| {train_time:.1f}s train", flush=True)
-        return metrics_dataset(history, model.names_with_neurons(), cfg, prov)
+            if test is not None:
+                print(f"{cfg.variant} seed {cfg.seed}: test accuracy {test['test_accuracy']:.4f} (full test split, "
+                      "evaluated once)", flush=True)
+        return metrics_dataset(history, model.names_with_neurons(), cfg, prov, test, parameter_count(model))
 
     def _start(self, run_dir: Path) -> None:
         if (run_dir / CHECKPOINT).exists():
@@ -185,7 +198,8 @@ class Trainer:
         model.load_state_dict(state["model"])
         print(f"{self.cfg.variant}: starting from the weights of {source} (epoch {state['epoch']})", flush=True)
 
-    def _restore(self, model: SpikingVGG, opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+    def _restore(self, model: SpikingVGG,
+                 opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, float] | None]:
         state = load_checkpoint(self.run_dir, map_location=self.device)
         saved = run_config(state)
         if saved != self.cfg:
@@ -195,7 +209,7 @@ class Trainer:
         opt.load_state_dict(state["optimizer"])
         if state["epoch"] >= self.cfg.train.epochs:
             print(f"{self.run_dir}: all {self.cfg.train.epochs} epochs are done; nothing to resume.", flush=True)
-        return state["epoch"], list(state["history"])
+        return state["epoch"], list(state["history"]), state.get("test")
 
 
 def _bar_disabled(progress: bool | None) -> bool | None:
@@ -214,9 +228,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def metrics_dataset(history: list[dict[str, Any]], layers: list[str], cfg: RunConfig,
-                    prov: dict[str, str]) -> xr.Dataset:
-    """Per-epoch metrics as an xarray Dataset with dims ``epoch`` and ``layer``."""
+def metrics_dataset(history: list[dict[str, Any]], layers: list[str], cfg: RunConfig, prov: dict[str, str],
+                    test: dict[str, float] | None = None, n_parameters: int | None = None) -> xr.Dataset:
+    """Per-epoch metrics as an xarray Dataset with dims ``epoch`` and ``layer``.
+
+    ``test_accuracy`` / ``test_loss`` (scalars) are NaN until the last epoch is done.
+    """
     epochs = [h["epoch"] for h in history]
 
     def per_layer(key: str) -> np.ndarray:
@@ -229,21 +246,29 @@ def metrics_dataset(history: list[dict[str, Any]], layers: list[str], cfg: RunCo
         {
             "train_loss": scalar("train_loss", "training cross-entropy (mean over the epoch, augmented)", "nat"),
             "train_accuracy": scalar("train_accuracy", "training top-1 accuracy (mean over the epoch, augmented)", "1"),
-            "val_loss": scalar("val_loss", "validation cross-entropy on the full CIFAR-10 test split", "nat"),
-            "val_accuracy": scalar("val_accuracy", "validation top-1 accuracy on the full CIFAR-10 test split", "1"),
+            "val_loss": scalar("val_loss", "validation cross-entropy (held-out training images)", "nat"),
+            "val_accuracy": scalar("val_accuracy", "validation top-1 accuracy (held-out training images)", "1"),
+            "test_loss": xr.DataArray((test or {}).get("test_loss", math.nan), attrs={
+                "long_name": "cross-entropy on the full CIFAR-10 test split, evaluated once after the last epoch",
+                "units": "nat"}),
+            "test_accuracy": xr.DataArray((test or {}).get("test_accuracy", math.nan), attrs={
+                "long_name": "top-1 accuracy on the full CIFAR-10 test split, evaluated once after the last epoch",
+                "units": "1"}),
             "lr": scalar("lr", "learning rate at the last step of the epoch", "1"),
             "train_time": scalar("train_time", "wall time of the epoch's training steps", "s"),
             "eval_time": scalar("eval_time", "wall time of the epoch's validation", "s"),
             "firing_rate": xr.DataArray(per_layer("firing_rate"), dims=("epoch", "layer"), attrs={
-                "long_name": "mean spikes per neuron and time step on the test split (ann: fraction of active units)",
+                "long_name": "mean spikes per neuron and time step on the validation split (ann: fraction of active units)",
                 "units": "1/step"}),
             "conv_ratio": xr.DataArray(per_layer("conv_ratio"), dims=("epoch", "layer"), attrs={
-                "long_name": "mean flex mask m (share of the conv path) on the test split; NaN for non-flex layers",
+                "long_name": "mean flex mask m (share of the conv path) on the validation split; NaN for non-flex layers",
                 "units": "1"}),
         },
         coords={"epoch": xr.DataArray(epochs, dims="epoch", attrs={"long_name": "epochs completed", "units": "1"}),
                 "layer": xr.DataArray(layers, dims="layer", attrs={"long_name": "neuron layer"})},
-        attrs={**prov, "variant": cfg.variant, "profile": cfg.profile},
+        attrs={**prov, "variant": cfg.variant, "profile": cfg.profile,
+               "validation": f"{cfg.train.val_size} class-balanced training images (data_seed {cfg.train.data_seed})",
+               **({"n_parameters": n_parameters} if n_parameters is not None else {})},
     )
     return ds
 
