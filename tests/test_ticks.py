@@ -64,10 +64,17 @@ def test_surrogate_gradient_flows_through_ticks():
     assert max(float(tr.output.detach().max()) for tr in out.layers) <= 1.0  # at most one spike per step
 
 
-@pytest.mark.parametrize("mode", ["ann"])
-def test_ticks_need_spiking_neurons(mode):
+@pytest.mark.parametrize("overrides", [["model.ticks=4"], ["model.ticks=4", "model.mode=stbp",
+                                                              "model.down_neurons=false"]])
+def test_ticks_need_spiking_neurons_after_every_stage(overrides):
     with pytest.raises(ConfigError, match="model.ticks"):
-        make_config("smoke", mode=mode, overrides=["model.ticks=4"])
+        make_config("smoke", mode="ann", overrides=overrides)
+
+
+def test_quick_profile_ticks_apply_to_spiking_networks_only():
+    assert make_config("quick", mode="stbp").model.ticks == 4
+    assert make_config("quick", mode="ann").model.ticks == 1
+    assert make_config("quick", mode="stbp", overrides=["model.down_neurons=false"]).model.ticks == 1
 
 
 @pytest.mark.parametrize("flex", [True, False])

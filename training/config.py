@@ -308,14 +308,19 @@ def make_config(
         data["model"]["arch"] = arch
     if mode is not None:
         data["model"]["mode"] = mode
-    if data["model"]["mode"] == Mode.ANN.value:  # a profile's tick resolution is for spiking neurons
-        data["model"]["ticks"] = 1
     if flex is not None:
         data["model"]["flex"] = flex
     data["seed"] = seed
+    explicit_ticks = False
     for item in overrides:
         key, value = _split_override(item)
         _assign(data, key, value)
+        explicit_ticks |= key.split(".")[-1] == "ticks"
+    m = data["model"]
+    if not explicit_ticks and (m["mode"] == Mode.ANN.value or m["down_neurons"] in (False, "false")):
+        # the profile's tick resolution is for networks with spiking neurons after every stage; an explicit
+        # --set model.ticks=K still reaches the config's validation
+        m["ticks"] = 1
     return config_from_dict(data)
 
 
