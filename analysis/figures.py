@@ -291,6 +291,8 @@ def plot_claims(claims: xr.Dataset) -> plt.Figure:
     n = int(np.nanmax(claims.n_seeds.values)) if np.isfinite(claims.n_seeds.values).any() else 0
     fig.suptitle(f"FLEX − VGG twin, mean and 95 % t-interval over {n} paired seed(s); "
                  "green: holds, red: fails, grey: can't tell", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_convergence(conv: xr.Dataset) -> plt.Figure:
