@@ -315,3 +315,36 @@ def plot_claims(claims: xr.Dataset) -> plt.Figure:
                  "green: holds, red: fails, grey: can't tell", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_convergence(conv: xr.Dataset) -> plt.Figure:
+    """Convergence in dt (``sim.convergence``): class agreement with PyTorch and Brian2 accuracy vs
+    ``dt = step / K``, one line per model; the trained ``K`` of each model is marked with a ring."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.2))
+    ks = np.asarray(conv.substeps.values)
+    for model in conv.model.values:
+        row = conv.sel(model=model)
+        trained = int(row.trained_ticks)
+        family = str(model).split("-")[0]
+        style = {"color": FAMILY_STYLE.get(family, {"color": None})["color"], "marker": "o",
+                 "ls": "-" if trained > 1 else "--"}
+        label = f"{model} (trained K={trained})"
+        for ax, var in zip(axes, ("class_agreement", "accuracy")):
+            y = row[var].values
+            ok = np.isfinite(y)
+            ax.plot(1.0 / ks[ok], y[ok], label=label, **style)
+            if trained in ks and np.isfinite(y[list(ks).index(trained)]):
+                ax.plot(1.0 / trained, y[list(ks).index(trained)], "o", ms=12, mfc="none", color=style["color"])
+    for ax, name in zip(axes, ("class agreement with PyTorch (trained K)", "Brian2 accuracy")):
+        ax.set_xscale("log", base=2)
+        ax.invert_xaxis()
+        ax.set_xlabel("dt / step = 1/K (finer to the right)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.95, color="grey", lw=0.6, ls=":")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_title(f"Brian2 biophysical mode vs PyTorch ({conv.attrs.get('n_images', '?')} test images)")
+    axes[1].set_title("accuracy on the same images")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

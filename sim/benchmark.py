@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["runtime", "cpp_standalone", "cuda_standalone"])
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--mode", choices=MODES, default="exact")
-    p.add_argument("--substeps", type=int, default=1)
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="default: the trained dynamics (exact at K = 1, biophysical at the export's K)")
+    p.add_argument("--substeps", type=int, default=None, help="ticks per step (default: the export's K)")
     p.add_argument("--build-root", type=Path, default=None,
                    help="standalone build directories (default: a cache keyed by the export and options, reused "
                         "across invocations; see build_cache)")
@@ -109,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     devices = list(dict.fromkeys(args.devices))
     path = args.export / "export.npz" if args.export.is_dir() else args.export
     export = read_export(path)
-    options = SimOptions(n_images=args.images, mode=args.mode, substeps=args.substeps)
+    mode = args.mode or ("exact" if export.ticks == 1 else "biophysical")
+    options = SimOptions(n_images=args.images, mode=mode, substeps=args.substeps)
     with tempfile.TemporaryDirectory(prefix="bioflexnet-bench-") as tmp:
         root = Path(tmp) if args.fresh else (args.build_root or build_cache(path, options))
         print(f"standalone builds in {root}" + ("" if args.fresh else " (reused across invocations)"))
         out = measure(export, options, devices, args.repeats, root)
-    print(f"{path}: {args.mode} mode, {args.repeats} repeats, devices interleaved")
+    print(f"{path}: {mode} mode, {args.repeats} repeats, devices interleaved")
     print(table(out["times"], args.images))
     print("every run gave the same spikes and read-out as the first" if out["identical"]
           else "WARNING: the devices disagree (spikes or read-out differ from the first device's)")

@@ -27,23 +27,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "write spikes, mask trajectories and fidelity figures to OUT/sim.nc.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory holding export.npz, or an .npz file")
     p.add_argument("--device", choices=["runtime", "cpp_standalone", "cuda_standalone"], default="runtime")
-    p.add_argument("--mode", choices=["exact", "biophysical"], default="exact",
+    p.add_argument("--mode", choices=["exact", "biophysical"], default=None,
                    help="exact: one tick per PyTorch step, the same discrete update; biophysical: continuous-time "
-                        "LIF in physical units")
+                        "LIF in physical units (default: exact for a network trained at one tick per step, "
+                        "biophysical for one trained at K > 1 ticks, model.ticks)")
     p.add_argument("--images", type=int, default=None,
                    help="reference images to simulate, the first N of the export's (default: all of them)")
     p.add_argument("--plasticity", action=argparse.BooleanOptionalAction, default=False,
                    help="run the online mask plasticity (default off: the fidelity check needs it off)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/sim)")
     p.add_argument("--substeps", type=int, default=None,
-                   help="biophysical mode: ticks per PyTorch step, dt = step / substeps (default 10)")
+                   help="biophysical mode: ticks K per PyTorch step, dt = step / K (default: the K the network was "
+                        "trained at, recorded in the export)")
     p.add_argument("--synapse", choices=["delta", "pulse"], default="delta",
                    help="biophysical mode: a spike makes its targets' membranes jump (delta, default) or drives them "
                         "with a current pulse one step long (pulse)")
-    p.add_argument("--tau-m-ms", type=finite_float(positive=True), default=10.0,
-                   help="biophysical mode: membrane time constant (ms)")
+    p.add_argument("--tau-m-ms", type=finite_float(positive=True), default=None,
+                   help="biophysical mode: membrane time constant (ms; default the export's, 10). One step lasts "
+                        "tau_m ln(1/beta), so this sets the time scale, not the dynamics")
+    p.add_argument("--v-rest-mv", type=finite_float(), default=None,
+                   help="biophysical mode: resting potential (mV; default the export's, -65)")
+    p.add_argument("--v-threshold-mv", type=finite_float(), default=None,
+                   help="biophysical mode: firing threshold (mV; default the export's, -50)")
     p.add_argument("--refractory-ms", type=finite_float(0.0), default=None,
-                   help="biophysical mode: absolute refractory period (ms; default one step)")
+                   help="biophysical mode: absolute refractory period, a whole number of ticks (ms; default one "
+                        "step, as trained)")
     p.add_argument("--build-dir", type=Path, default=None,
                    help="standalone devices: project directory (default OUT/build_DEVICE)")
     p.add_argument("--build-only", action="store_true", help="standalone devices: generate and compile, do not run")
@@ -71,15 +79,18 @@ def cmd_sim(args: argparse.Namespace) -> None:
     output_dir(out)  # before the simulation: a bad --out must not cost its run
     if args.build_dir is not None:
         output_dir(args.build_dir, "--build-dir")
-    substeps = args.substeps if args.substeps is not None else (10 if args.mode == "biophysical" else 1)
-    options = SimOptions(n_images=args.images or 0, mode=args.mode, device=args.device, plasticity=args.plasticity,
-                         substeps=substeps, synapse=args.synapse, tau_m_ms=args.tau_m_ms, refractory_ms=args.refractory_ms,
+    options = SimOptions(n_images=args.images or 0, mode=args.mode or "exact", device=args.device,
+                         plasticity=args.plasticity, substeps=args.substeps, synapse=args.synapse,
+                         tau_m_ms=args.tau_m_ms, v_rest_mv=args.v_rest_mv, v_threshold_mv=args.v_threshold_mv,
+                         refractory_ms=args.refractory_ms,
                          build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only,
                          fresh_poisson=args.fresh_poisson, seed=args.seed)
     try:
         export = read_export(export_path(args.run_dir))
         if args.images is None:
             options = dataclasses.replace(options, n_images=export.n_reference)
+        if args.mode is None and export.ticks > 1:  # the trained dynamics: biophysical at the export's K
+            options = dataclasses.replace(options, mode="biophysical")
         result = simulate(export, options)
     except (ExportError, SimError, DeviceError) as exc:
         raise CLIError(str(exc)) from exc
@@ -100,6 +111,13 @@ def summary(ds, header: dict) -> str:
              f"plasticity {'on' if ds.attrs['plasticity'] == 'True' else 'off'}, dt = {ds.attrs['dt_ms']:.4g} ms"
              + (f", {ds.attrs['synapse']} synapses" if "synapse" in ds.attrs else ""),
              f"{'layer':<8} {'agreement':>10} {'mismatches':>11} {'rate':>7} {'ref rate':>9}"]
+    if "step_ms" in ds.attrs:  # the physics simulated
+        trained = m.get("ticks", 1)
+        lines.insert(1, f"physics: K = {ds.attrs['substeps']} ticks per step (trained at {trained}), "
+                        f"step = {ds.attrs['step_ms']:.4g} ms, tau_m = {ds.attrs['tau_m_ms']:.4g} ms, "
+                        f"V_rest = {ds.attrs['v_rest_mv']:.4g} mV, V_th = {ds.attrs['v_threshold_mv']:.4g} mV, "
+                        f"refractory {ds.attrs['refractory_ms']:.4g} ms, {ds.attrs['synapse']} synapses, "
+                        f"presentation {m['steps']} steps = {m['steps'] * ds.attrs['step_ms']:.4g} ms")
     for i, layer in enumerate(ds.layer.values):
         lines.append(f"{layer:<8} {float(ds.spike_agreement[i]):10.6f} {int(ds.spike_mismatches[i]):11d} "
                      f"{float(ds.firing_rate[i]):7.4f} {float(ds.reference_firing_rate[i]):9.4f}")

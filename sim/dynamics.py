@@ -39,6 +39,7 @@ import numpy as np
 from brian2 import TimedArray
 
 from sim.biophysics import BiophysicalParams
+from training import equations
 
 SYNAPSES = ("delta", "pulse")
 
@@ -68,7 +69,8 @@ class Dynamics:
             self.start = "acc_c = 0\nacc_p = 0\nv = v*(1 - image_start(t))"
             self.v_init = 0.0
         else:
-            decay = float(np.exp(-dt / bio.tau_m))
+            # exp(-dt/tau_m) = beta**(1/K): the one formula PyTorch's tick model uses (training.equations)
+            decay = equations.tick_decay(model["beta"], substeps)
             ticks = max(1, int(round(float(bio.refractory / dt))))
             self.constants = {"v_rest": bio.v_rest, "v_th": bio.v_threshold, "decay": decay,
                               "gain": (1.0 - decay) * bio.drive, "refractory_ticks": ticks}

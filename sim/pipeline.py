@@ -2,14 +2,17 @@
 
 For the spiking variants in :data:`VARIANTS` and every seed: export the run
 (``bioflexnet export``, in a subprocess because this package never imports
-torch), simulate it in ``exact`` mode on the profile's number of reference
-images, and in ``biophysical`` mode for a few ``dt`` on fewer images (delta
-synapses, plus one run with pulse synapses for comparison).
+torch), simulate it at its trained time resolution (``exact`` mode, or for a network
+trained at ``K > 1`` ticks per step the biophysical mode at that ``K``; the
+result is still called ``exact``) on the profile's number of reference
+images, and in ``biophysical`` mode for a few ``dt`` (and the trained one) on
+fewer images (delta synapses, plus one run with pulse synapses for comparison).
 Flex runs are also simulated in exact mode with the online plasticity on (mask
 trajectories). Results go to ``RUN_DIR/sim/exact/sim.nc``,
 ``RUN_DIR/sim/exact_plasticity/sim.nc``, ``RUN_DIR/sim/biophysical_k{K}/sim.nc`` and
 ``RUN_DIR/sim/biophysical_pulse_k{K}/sim.nc``;
-``ROOT/sim_summary.nc`` collects the fidelity figures of all runs.
+``ROOT/sim_summary.nc`` collects the fidelity figures of all runs, ``ROOT/convergence.nc``
+the biophysical runs as a convergence table (:mod:`sim.convergence`).
 
 Re-running the stage reuses an export made from the same checkpoint (its
 SHA-256 is in the export header) and every ``sim.nc`` simulated from the
@@ -30,6 +33,7 @@ import xarray as xr
 
 VARIANTS = ("flex-stbp", "vgg-stbp")
 SUMMARY = "sim_summary.nc"
+CONVERGENCE = "convergence.nc"  # class agreement, accuracy, rate ratio vs dt (sim.convergence)
 
 
 class StagePlan(NamedTuple):
@@ -89,11 +93,14 @@ def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: 
 
     ex = current_export(run_dir, plan.images, data_dir)
     export_sha = file_sha256(ex.path)
-    jobs = {"exact": SimOptions(n_images=plan.images, device=device)}
+    # "exact": the trained dynamics, spike for spike (a network trained at K > 1 ticks per step: the
+    # biophysical mode at its K, the export's default)
+    trained = "exact" if ex.ticks == 1 else "biophysical"
+    jobs = {"exact": SimOptions(n_images=plan.images, mode=trained, device=device)}
     if any(la.kind == "flex" for la in ex.layers):  # mask trajectories under online plasticity (fidelity figure)
-        jobs["exact_plasticity"] = SimOptions(n_images=plan.images, device=device, plasticity=True)
+        jobs["exact_plasticity"] = SimOptions(n_images=plan.images, mode=trained, device=device, plasticity=True)
     if 0.0 < ex.model["beta"] < 1.0:
-        for k in plan.substeps:
+        for k in sorted(set(plan.substeps) | {ex.ticks}):
             jobs[f"biophysical_k{k}"] = SimOptions(n_images=plan.bio_images, mode="biophysical", substeps=k,
                                                    device=device)
         k = plan.pulse_substeps
@@ -158,6 +165,11 @@ def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str
         return
     summary = summarise(results)
     write_dataset(summary, Path(root) / SUMMARY)
+    from sim.convergence import convergence_dataset
+
+    write_dataset(convergence_dataset({f"{v}/seed{s}": {int(ds.attrs["substeps"]): ds for name, ds in r.items()
+                                                        if name.startswith("biophysical_k")}
+                                       for (v, s), r in results.items()}), Path(root) / CONVERGENCE)
     print(f"\nBrian2 fidelity (class agreement with PyTorch; exact mode on {plan.images} images, biophysical on "
           f"{plan.bio_images}):")
     width = max(len(str(s)) for s in summary.simulation.values) + 2

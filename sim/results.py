@@ -137,6 +137,7 @@ def _attrs(result: SimResult, export: Export, options: SimOptions) -> dict:
     attrs.update({
         "mode": options.mode, "device": options.device, "plasticity": str(options.plasticity),
         "n_images": options.n_images, "substeps": timing.substeps, "dt_ms": float(timing.dt) * 1e3,
+        "trained_ticks": export.ticks,
         "export_path": str(export.path), "export_format_version": export.header["format_version"],
         "source_run_dir": str(run.get("run_dir", "")),
         "options": options_key(options),

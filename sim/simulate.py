@@ -30,17 +30,17 @@ class SimError(ValueError):
 
 @dataclass(frozen=True)
 class SimOptions:
-    """What to simulate and how (physical values in ms / mV)."""
+    """What to simulate and how (physical values in ms / mV; ``None``: the export's trained physics)."""
 
     n_images: int
     mode: str = "exact"
     device: str = "runtime"
     plasticity: bool = False
-    substeps: int = 1  # ticks per discrete step (biophysical mode; exact mode is 1)
+    substeps: int | None = None  # ticks per discrete step; None: the export's K (exact mode: 1)
     synapse: str = "delta"  # biophysical mode: how a spike drives its targets, "delta" | "pulse" (sim.dynamics)
-    tau_m_ms: float = 10.0
-    v_rest_mv: float = -65.0
-    v_threshold_mv: float = -50.0
+    tau_m_ms: float | None = None  # None: the export's (training.equations.PHYSICS_DEFAULTS)
+    v_rest_mv: float | None = None
+    v_threshold_mv: float | None = None
     refractory_ms: float | None = None  # None: one step
     build_dir: Path | None = None
     build_only: bool = False
@@ -55,27 +55,57 @@ class SimResult(NamedTuple):
     latency: dict[str, float]  # neuron layer -> mean time of its spikes after image onset (s, tick ends)
     timing: Timing
     timings: dict[str, float]  # seconds
+    spike_ticks: dict[str, np.ndarray] | None = None  # neuron layer -> [N, T, C, H, W] tick of the step's first spike (K: none)
 
 
 def make_timing(export: Export, options: SimOptions) -> Timing:
-    """Ticks per step and physical parameters of a mode (raises :class:`SimError` for impossible choices)."""
+    """Ticks per step and physical parameters of a mode (raises :class:`SimError` for impossible choices).
+
+    The physics defaults to the export's: K ticks per step, tau_m, V_rest, V_th and a refractory period
+    of one step, i.e. the dynamics the network was trained with (``training.ticks``).
+    """
     if options.mode not in MODES:
         raise SimError(f"mode {options.mode!r} is not one of {MODES}.")
-    if options.substeps < 1:
-        raise SimError(f"substeps={options.substeps} must be >= 1.")
     if options.synapse not in SYNAPSES:
         raise SimError(f"synapse {options.synapse!r} is not one of {SYNAPSES}.")
+    trained = export.ticks
     if options.mode == "exact":
-        if options.substeps != 1:
-            raise SimError("exact mode runs one tick per PyTorch step; --substeps is for the biophysical mode.")
+        physical = {"--substeps": options.substeps not in (None, 1), "--synapse": options.synapse != "delta",
+                    "--tau-m-ms": options.tau_m_ms is not None, "--refractory-ms": options.refractory_ms is not None,
+                    "--v-rest-mv": options.v_rest_mv is not None,
+                    "--v-threshold-mv": options.v_threshold_mv is not None}
+        given = [flag for flag, on in physical.items() if on]
+        if given:
+            raise SimError(f"exact mode runs one tick per PyTorch step with the discrete update and no physical "
+                           f"units; {', '.join(given)} only apply to --mode biophysical.")
+        if trained > 1:
+            raise SimError(f"this network was trained at {trained} ticks per step (model.ticks={trained}); exact mode "
+                           f"simulates the one-tick discrete model, a different dynamical system. Use --mode "
+                           f"biophysical (default --substeps {trained}, the trained resolution).")
         return Timing("exact", 1, None)
+    substeps = trained if options.substeps is None else options.substeps
+    if substeps < 1:
+        raise SimError(f"--substeps={substeps} must be >= 1 (ticks per PyTorch step).")
+    phys = export.physics
+    tau_m = phys["tau_m_ms"] if options.tau_m_ms is None else options.tau_m_ms
+    if not tau_m > 0:
+        raise SimError(f"--tau-m-ms={tau_m}: the membrane time constant must be positive.")
+    step_ms = tau_m * float(np.log(1.0 / export.model["beta"])) if 0.0 < export.model["beta"] < 1.0 else None
+    if options.refractory_ms is not None and step_ms is not None:
+        dt_ms, ref = step_ms / substeps, options.refractory_ms
+        ticks = ref / dt_ms
+        if ref < dt_ms * (1 - 1e-9) or abs(ticks - round(ticks)) > 1e-6:
+            raise SimError(f"--refractory-ms={ref} is not a whole number (>= 1) of ticks of dt = {dt_ms:.6g} ms "
+                           f"(one step = {step_ms:.6g} ms, {substeps} ticks); give e.g. {step_ms:.6g} (one step).")
     try:
-        bio = discrete_to_biophysical(export.model["beta"], export.model["theta"], options.tau_m_ms * ms,
-                                      options.v_rest_mv * mV, options.v_threshold_mv * mV,
+        bio = discrete_to_biophysical(export.model["beta"], export.model["theta"], tau_m * ms,
+                                      (phys["v_rest_mv"] if options.v_rest_mv is None else options.v_rest_mv) * mV,
+                                      (phys["v_threshold_mv"] if options.v_threshold_mv is None
+                                       else options.v_threshold_mv) * mV,
                                       None if options.refractory_ms is None else options.refractory_ms * ms)
     except ValueError as exc:
         raise SimError(str(exc)) from exc
-    return Timing("biophysical", options.substeps, bio, options.synapse)
+    return Timing("biophysical", substeps, bio, options.synapse)
 
 
 def check_options(export: Export, options: SimOptions) -> Timing:
@@ -90,11 +120,12 @@ def check_options(export: Export, options: SimOptions) -> Timing:
     return make_timing(export, options)
 
 
-def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> tuple[dict, dict, np.ndarray, dict]:
+def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> tuple[dict, dict, np.ndarray, dict,
+                                                                                    dict]:
     """Monitors -> dense arrays (image-major, then step / tick)."""
     steps, k = export.steps, timing.substeps
     dt = float(timing.dt)
-    spikes, latency = {}, {}
+    spikes, latency, spike_ticks = {}, {}, {}
     for layer in export.neuron_layers:
         mon = net.spikes[layer.name]
         tick = np.rint(np.asarray(mon.t) / dt).astype(np.int64)
@@ -103,13 +134,16 @@ def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> t
         dense = np.zeros((n_images * steps, layer.n_out), dtype=bool)
         dense[tick // k, np.asarray(mon.i)] = True  # row: (image, step)
         spikes[layer.name] = dense.reshape(n_images, steps, layer.c_out, *layer.out_size)
+        first = np.full((n_images * steps, layer.n_out), k, dtype=np.int64)  # tick of the step's first spike
+        np.minimum.at(first, (tick // k, np.asarray(mon.i)), tick % k)
+        spike_ticks[layer.name] = first.reshape(n_images, steps, layer.c_out, *layer.out_size)
     masks = {}
     for name, mon in net.masks.items():
         masks[name] = {var: np.asarray(getattr(mon, var)).T.reshape(n_images, steps * k, -1)
                        for var in ("mbar", "b", "rs", "ri")}
     readout = np.asarray(net.readout.y).T  # [ticks, classes]
     logits = readout[steps * k - 1::steps * k]
-    return spikes, masks, logits, latency
+    return spikes, masks, logits, latency, spike_ticks
 
 
 def simulate(export: Export, options: SimOptions) -> SimResult | None:
@@ -131,7 +165,7 @@ def simulate(export: Export, options: SimOptions) -> SimResult | None:
         build_s = time.perf_counter() - t0
         if not session.run(net.network, net.duration):
             return None
-        spikes, masks, logits, latency = collect(net, export, options.n_images, timing)
+        spikes, masks, logits, latency, spike_ticks = collect(net, export, options.n_images, timing)
         timings = {"build_network_s": build_s, **session.timings}
     timings["simulate_per_image_s"] = timings["simulate_s"] / options.n_images
-    return SimResult(spikes, masks, logits, latency, timing, timings)
+    return SimResult(spikes, masks, logits, latency, timing, timings, spike_ticks)

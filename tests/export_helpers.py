@@ -30,7 +30,7 @@ def _layers(flex: bool) -> list[dict]:
 
 def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: int = 3, beta: float = 0.5,
                   reset: str = "subtract", sigma: str = "hard", rate: float = 0.05, encoding: str = "direct",
-                  seed: int = 0, decay: float = 0.01) -> Export:
+                  seed: int = 0, decay: float = 0.01, ticks: int = 1) -> Export:
     """Write a random export to ``path`` and return it read back (validated)."""
     rng = np.random.default_rng(seed)
     layers = _layers(flex)
@@ -39,7 +39,7 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
     header = {
         "model": {"arch": "tiny", "flex": flex, "mode": "stbp", "steps": steps, "beta": beta, "theta": 1.0,
                   "reset": reset, "mask_sigma": sigma, "encoding": encoding, "plasticity_rate": rate,
-                  "plasticity_decay": decay, "num_classes": 10},
+                  "plasticity_decay": decay, "num_classes": 10, **({"ticks": ticks} if ticks > 1 else {})},
         "layers": layers, "readout": {"source": last["name"], "features": features},
         "reference": {"split": "random", "selection": "random images", "dtype": "float64", "plasticity": "off",
                       "input_seed": seed},
@@ -69,6 +69,8 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
                    "ref.logits": ref.pop("logits")})
     arrays["ref.model_logits"] = arrays["ref.logits"].copy()  # no float32 model behind a random export
     for key, value in ref.items():
+        if key.startswith("spike_ticks."):
+            continue
         arrays[f"ref.{key}"] = pack_spikes(value) if "spikes" in key else value
     write_export(path, header, arrays)
     return read_export(path)

@@ -16,7 +16,7 @@ from training.runs import load_checkpoint, read_metrics
 TRAIN_ARGS = ["--profile", "smoke", "--mode", "stbp", "--flex", "--device", "cpu",
               "--set", "train.batch_size=20", "--set", "train.epochs=2", "--set", "train.eval_batch_size=16",
               "--set", "train.train_subset=60", "--set", "train.lr=0.02", "--set", "train.log_every=2",
-              "--set", "model.plasticity_rate=0.05"]
+              "--set", "model.plasticity_rate=0.05", "--set", "train.val_size=20"]
 # A few steps at a moderate learning rate: the two runs differ by float rounding (sums over ranks in
 # another order), which a spiking net amplifies step after step (one flipped spike); 6 steps stay within 1e-4.
 
@@ -72,6 +72,6 @@ def test_speed_options_train(tmp_path, option):
 
     data = write_fake_cifar(tmp_path / "data")
     cfg = make_config("smoke", mode="stbp", flex=True,
-                      overrides=["train.batch_size=20", "train.eval_batch_size=30", option])
+                      overrides=["train.batch_size=20", "train.eval_batch_size=30", "train.val_size=20", option])
     metrics = train_run(cfg, tmp_path / "run", data_dir=data)
     assert np.isfinite(metrics.train_loss.values).all() and np.isfinite(metrics.val_loss.values).all()

@@ -64,6 +64,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="override one config field, e.g. model.time_steps=4 or train.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its checkpoint.pt (the checkpoint's config is used)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="RUN_DIR",
+                   help="start from the trained weights of RUN_DIR (same architecture), e.g. to fine-tune a "
+                        "K = 1 run at --set model.ticks=4; sets train.init_from")
     p.add_argument("--data-dir", type=Path, default=None, help="directory holding cifar-10-batches-py/ "
                    "(default $BIOFLEXNET_DATA_DIR or ./data)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -78,6 +81,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     output_dir(args.out)
     resolve_data_dir(args.data_dir)
     device = _device(args.device)
+    if args.init_from is not None:
+        if args.resume:
+            raise CLIError("--init-from starts a new run from another run's weights; --resume continues this one. "
+                           "Give one of them.")
+        args.overrides = [*args.overrides, f"train.init_from={args.init_from.resolve()}"]
     if args.resume:
         if args.out.is_dir() and not (args.out / CHECKPOINT).is_file():
             raise CLIError(f"--resume: {args.out} has no {CHECKPOINT}, so no epoch has finished and there is nothing "

@@ -122,6 +122,7 @@ class ModelConfig:
     plasticity_rate: float = 1e-3
     plasticity_decay: float = 1e-3
     num_classes: int = 10
+    ticks: int = 1  # K ticks per step: the time resolution of the LIF (DESIGN.md §6; training.neurons.lif_ticks)
 
     def __post_init__(self) -> None:
         _check(0 < self.width <= 64, "model.width", self.width, "must be > 0 and <= 64 (1.0 = the paper's channel counts)")
@@ -139,6 +140,15 @@ class ModelConfig:
         _check(not (self.flex and self.downsample is Downsample.MAXPOOL), "model.downsample", self.downsample.value,
                "is only for the baseline (flex=false): a flex down-sampling stage already mixes a max-pool path")
         _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "must be >= 2")
+        _check(self.ticks >= 1, "model.ticks", self.ticks, "is the number of ticks per step and must be >= 1")
+        if self.ticks > 1:
+            _check(self.mode is not Mode.ANN, "model.ticks", self.ticks,
+                   "needs spiking neurons; an ann-mode model has one step and no membrane (use model.ticks=1)")
+            _check(0.0 < self.beta < 1.0, "model.ticks", self.ticks,
+                   f"needs a leaky membrane, 0 < model.beta < 1 (got beta={self.beta}), to divide a step into ticks")
+            _check(self.down_neurons, "model.ticks", self.ticks,
+                   "needs neurons after every stage (model.down_neurons=true): an analog current between "
+                   "stages has no tick-by-tick form in Brian2")
 
     @property
     def steps(self) -> int:
@@ -177,6 +187,10 @@ class TrainConfig:
     train_subset: int = 0
     eval_batch_size: int = 500
     augment: bool = True
+    init_from: str = ""  # a run directory whose trained weights start this run (fine-tuning); "" = random init
+    # Coarse-to-fine time resolution: only the last `tick_steps` optimisation steps run at model.ticks, the
+    # ones before at one tick per step (K times cheaper); 0 = every step at model.ticks (DESIGN.md §6)
+    tick_steps: int = 0
     val_size: int = 5000
     data_seed: int = 0
     # Speed (issue 12). The step never waits for the device: loss and accuracy are accumulated there and read,
@@ -194,6 +208,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs, f"must lie in [0, epochs={self.epochs}]")
+        _check(self.tick_steps >= 0, "train.tick_steps", self.tick_steps,
+               "is the number of final steps trained at model.ticks and must be >= 0 (0 = all)")
         _check(self.train_subset >= 0, "train.train_subset", self.train_subset, "must be >= 0 (0 = whole training split)")
         _check(10 <= self.val_size <= 25000, "train.val_size", self.val_size,
                "must lie in [10, 25000] (validation images carved from the 50,000 training images)")
@@ -248,15 +264,24 @@ def _profile_smoke() -> RunConfig:
     )
 
 
+QUICK_TICKS, QUICK_TICK_STEPS = 1, 0
+
+
 def _profile_quick() -> RunConfig:
     """The CPU demo: every variant in a couple of minutes on 2 cores, well above chance.
 
     A shallow VGG (5 weight layers) because the deep narrow spiking nets learn too
     slowly for a CPU budget; the paper profile uses VGG16.
     """
+    # One tick per step. Training at K = 4 (model.ticks=4, optionally train.tick_steps=N for a fine-tune of the
+    # last N steps, or `train --init-from RUN`) makes Brian2's biophysical mode at K reproduce every spike, but it
+    # costs 6-8x per step and the final evaluation at K = 4 took 754 s instead of ~50 s (loaded machine), and it
+    # does not yet converge at finer dt (class agreement 0.65-0.79 at K = 16; README "Fidelity"), so the CPU
+    # demo stays at K = 1.
     return RunConfig(
-        model=ModelConfig(arch=Arch.VGG5, width=0.25, time_steps=2),
-        train=TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.3, train_subset=25600, eval_batch_size=250),
+        model=ModelConfig(arch=Arch.VGG5, width=0.25, time_steps=2, ticks=QUICK_TICKS),
+        train=TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.3, train_subset=25600, eval_batch_size=250,
+                          tick_steps=QUICK_TICK_STEPS),
         profile="quick",
     )
 
@@ -297,9 +322,16 @@ def make_config(
     if flex is not None:
         data["model"]["flex"] = flex
     data["seed"] = seed
+    explicit_ticks = False
     for item in overrides:
         key, value = _split_override(item)
         _assign(data, key, value)
+        explicit_ticks |= key.split(".")[-1] == "ticks"
+    m = data["model"]
+    if not explicit_ticks and (m["mode"] == Mode.ANN.value or m["down_neurons"] in (False, "false")):
+        # the profile's tick resolution is for networks with spiking neurons after every stage; an explicit
+        # --set model.ticks=K still reaches the config's validation
+        m["ticks"] = 1
     return config_from_dict(data)
 
 

@@ -163,8 +163,8 @@ class RunModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor):
-        return self.model.run(x)
+    def forward(self, x: torch.Tensor, ticks: int | None = None):
+        return self.model.run(x, ticks=ticks)
 
 
 def wrap(model: nn.Module, info: DistInfo, device: str):

@@ -106,3 +106,28 @@ def channel_map_matrix(c_in: int, c_out: int) -> np.ndarray:
     matrix[rows, lo] += 1.0 - frac
     matrix[rows, lo + 1] += frac
     return matrix
+
+
+# --- time resolution: K ticks per discrete step (DESIGN.md §6) ----------------------------------
+# The continuous membrane tau_m dV/dt = V_rest - V + R I, integrated exactly over a tick of dt = step/K
+# with the input held: decay d = exp(-dt/tau_m) = beta**(1/K) per tick; a drive u held over a step adds
+# g u per tick with g = (1 - d)/(1 - beta), so K ticks of it add what one step adds (u at K = 1).
+
+PHYSICS_DEFAULTS = {"tau_m_ms": 10.0, "v_rest_mv": -65.0, "v_threshold_mv": -50.0}
+
+
+def tick_decay(beta: float, ticks: int) -> float:
+    """Membrane decay per tick, ``beta ** (1 / K)`` (``beta`` itself at ``K = 1``)."""
+    if ticks < 1:
+        raise ValueError(f"ticks={ticks} must be >= 1.")
+    return float(beta) if ticks == 1 else float(np.exp(np.log(beta) / ticks))
+
+
+def tick_gain(beta: float, ticks: int) -> float:
+    """Per-tick contribution of a drive held over its step, ``(1 - d) / (1 - beta)`` (1 at ``K = 1``)."""
+    return 1.0 if ticks == 1 else (1.0 - tick_decay(beta, ticks)) / (1.0 - beta)
+
+
+def step_ms(beta: float, tau_m_ms: float) -> float:
+    """Duration of one discrete step, ``tau_m ln(1/beta)`` (ms)."""
+    return float(tau_m_ms * np.log(1.0 / beta))

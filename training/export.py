@@ -24,7 +24,7 @@ from training.config import Mode, Reset, RunConfig
 from training.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spikes, write_export
 from training.flex import PlasticFlexLayer
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
-from training.neurons import LIFParams, lif_multistep
+from training.neurons import LIFParams, lif_multistep, lif_ticks, tick_params
 from training.results import file_sha256, provenance
 
 EXPORT_FILE = "export.npz"
@@ -117,6 +117,8 @@ def reference_forward(export: Export, images: np.ndarray) -> dict[str, np.ndarra
         gen = torch.Generator().manual_seed(int(export.header["reference"]["input_seed"]))
         x = (torch.rand((steps, *x.shape), generator=gen, dtype=torch.float64) < x).to(torch.float64)
         out["input_spikes"] = x.transpose(0, 1).to(torch.uint8).numpy()
+    if export.ticks > 1:
+        return _reference_ticks(export, a, x, params, sigma, out)
     for layer in export.layers:
         flat = x.flatten(0, 1)
         if layer.kind == "pool":
@@ -155,6 +157,66 @@ def _flex_current(layer: LayerSpec, a: dict[str, torch.Tensor], flat: torch.Tens
     return current
 
 
+def _reference_ticks(export: Export, a: dict[str, torch.Tensor], x: torch.Tensor, params: LIFParams, sigma,
+                     out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`reference_forward` at ``K = export.ticks`` ticks per step (:mod:`training.ticks`, Brian2's
+    biophysical mode with delta synapses); spikes are stored per step (a neuron fires at most once per step).
+
+    ``out["spike_ticks.L"]`` holds the tick of each step's spike within the step (``K`` where none),
+    ``[N, T, C, H, W]`` uint8, for a tick-by-tick comparison.
+    """
+    from training.ticks import first_tick, or_relay, step_sum
+
+    steps, ticks = export.steps, export.ticks
+    tick = tick_params(export.model["beta"], ticks)
+    analog = export.model["encoding"] == "direct"
+    if not analog:
+        x = first_tick(x, ticks)
+    for layer in export.layers:
+        n = layer.name
+        window = F.max_pool2d(x.flatten(0, 1), layer.kernel, layer.stride, layer.padding).unflatten(0, x.shape[:2])
+        if layer.kind == "pool":
+            x = or_relay(window, steps)[0]
+            continue
+        if analog:  # the image drive is held over each step, exactly as at K = 1
+            conv = F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], a[f"{n}.bias"], layer.stride, layer.padding)
+            conv = conv.unflatten(0, x.shape[:2])
+            held, charge = conv, None
+            if layer.kind == "flex":
+                held = _flex_current(layer, a, x.flatten(0, 1), conv, x.shape[:2], steps, sigma, out)
+        else:
+            charge = F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], None, layer.stride, layer.padding)
+            charge = charge.unflatten(0, x.shape[:2])
+            bias = a[f"{n}.bias"].view(-1, 1, 1)
+            held = bias[None, None]
+            if layer.kind == "flex":
+                fires, seen = or_relay(window, steps)
+                if layer.c_in != layer.c_out:
+                    pmap = a[f"{n}.pool_map"][:, :, None, None]
+                    fires, seen = (F.conv2d(p.flatten(0, 1), pmap).unflatten(0, p.shape[:2]) for p in (fires, seen))
+                logits = ((seen - a[f"{n}.threshold"]) * a[f"{n}.logit_scale"].view(-1, 1, 1)
+                          + a[f"{n}.logit_shift"].view(-1, 1, 1))
+                time_bias = (a[f"{n}.eta"][:steps] + a[f"{n}.plastic_bias"]).repeat_interleave(ticks, 0)
+                mask = sigma(logits + time_bias[:, None, :, None, None])
+                held, charge = mask * bias, fires + mask * (charge - fires)
+                out[f"mask_mean.{n}"] = step_sum(mask.mean(dim=(3, 4)), steps).transpose(0, 1).numpy() / ticks
+                conv_step = step_sum(F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], None, layer.stride,
+                                              layer.padding).unflatten(0, x.shape[:2]), steps) + bias
+                pool_step = seen.unflatten(0, (steps, ticks))[:, -1]
+                out[f"r_sel.{n}"] = equations.pathway_drive(conv_step, (3, 4)).mean(0).numpy()
+                out[f"r_inv.{n}"] = equations.pathway_drive(pool_step, (3, 4)).mean(0).numpy()
+        analog = False
+        x = lif_ticks(held, charge, steps, params, tick, _heaviside)
+        per_step = x.unflatten(0, (steps, ticks))
+        out[f"spikes.{n}"] = per_step.sum(1).transpose(0, 1).to(torch.uint8).numpy()
+        when = torch.where(per_step > 0, torch.arange(ticks, dtype=x.dtype).view(1, -1, *[1] * (x.dim() - 1)),
+                           torch.tensor(float(ticks), dtype=x.dtype)).amin(1)
+        out[f"spike_ticks.{n}"] = when.transpose(0, 1).to(torch.uint8).numpy()
+    scores = F.linear(step_sum(x, steps).flatten(2), a["readout.weight"], a["readout.bias"])
+    out["logits"] = scores.mean(0).numpy()
+    return out
+
+
 def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: np.ndarray,
                  run_info: dict | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Header and arrays of a model's export, reference outputs included (not yet written)."""
@@ -167,7 +229,8 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
         "model": {"arch": m.arch.value, "flex": m.flex, "mode": m.mode.value, "width": m.width, "steps": m.steps,
                   "beta": m.beta, "theta": m.theta, "reset": m.reset.value, "mask_sigma": m.mask_sigma.value,
                   "encoding": m.encoding.value, "plasticity_rate": m.plasticity_rate,
-                  "plasticity_decay": m.plasticity_decay, "num_classes": m.num_classes},
+                  "plasticity_decay": m.plasticity_decay, "num_classes": m.num_classes, "ticks": m.ticks},
+        "physics": physics(m.beta, m.ticks),
         "layers": layers,
         "readout": {"source": last["name"], "features": last["c_out"] * last["out_size"][0] * last["out_size"][1]},
         "reference": {"split": "test", "selection": f"first {len(labels)} images", "dtype": "float64",
@@ -185,9 +248,24 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
     model.train(was_training)
     ref = reference_forward(_params_only(header, arrays), images)
     arrays["ref.logits"] = ref.pop("logits")
+    ref = {k: v for k, v in ref.items() if not k.startswith("spike_ticks.")}  # test aid, not stored
     for key, value in ref.items():
         arrays[f"ref.{key}"] = pack_spikes(value) if "spikes" in key else value
     return header, arrays
+
+
+def physics(beta: float, ticks: int) -> dict:
+    """The physical reading of the trained dynamics (DESIGN.md §4, §6): what ``sim/`` simulates by default.
+
+    The membrane constants are :data:`training.equations.PHYSICS_DEFAULTS`; one step lasts
+    ``tau_m ln(1/beta)``, a tick ``dt = step / K``; the refractory period is one step; synapses are delta
+    synapses (a spike's charge arrives in the tick it is emitted).
+    """
+    p = dict(equations.PHYSICS_DEFAULTS)
+    if not 0.0 < beta < 1.0:  # no finite physical step (only exact mode applies)
+        return {**p, "ticks": ticks, "synapse": "delta"}
+    step = equations.step_ms(beta, p["tau_m_ms"])
+    return {**p, "ticks": ticks, "step_ms": step, "dt_ms": step / ticks, "refractory_ms": step, "synapse": "delta"}
 
 
 def _params_only(header: dict, arrays: dict[str, np.ndarray]) -> Export:

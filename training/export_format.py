@@ -107,6 +107,21 @@ class Export:
         return int(self.model["steps"])
 
     @property
+    def ticks(self) -> int:
+        """K ticks per step the network was trained at (1 for exports that predate the field)."""
+        return int(self.model.get("ticks", 1))
+
+    @property
+    def physics(self) -> dict[str, Any]:
+        """Physical parameters of the trained dynamics (``tau_m_ms``, ``v_rest_mv``, ``v_threshold_mv``, ...).
+
+        Exports that predate the field get the defaults of :data:`training.equations.PHYSICS_DEFAULTS`.
+        """
+        from training.equations import PHYSICS_DEFAULTS
+
+        return {**PHYSICS_DEFAULTS, **self.header.get("physics", {})}
+
+    @property
     def layers(self) -> list[LayerSpec]:
         return [LayerSpec(d["name"], d["kind"], d["c_in"], d["c_out"], tuple(d["in_size"]), tuple(d["out_size"]),
                           d["kernel"], d["stride"], d["padding"]) for d in self.header["layers"]]
@@ -289,6 +304,9 @@ def _check_header(header: dict[str, Any], source: str) -> None:
     _require(isinstance(model["steps"], int) and model["steps"] >= 1, source, f"model.steps={model['steps']!r}")
     _require(0.0 <= model["beta"] <= 1.0, source, f"model.beta={model['beta']!r} is not in [0, 1]")
     _require(model["theta"] > 0, source, f"model.theta={model['theta']!r} is not > 0")
+    ticks = model.get("ticks", 1)
+    _require(isinstance(ticks, int) and ticks >= 1, source, f"model.ticks={ticks!r} is not an integer >= 1")
+    _require(ticks == 1 or 0.0 < model["beta"] < 1.0, source, f"model.ticks={ticks} needs 0 < beta < 1")
     _require(model["reset"] in RESETS, source, f"model.reset={model['reset']!r} is not one of {RESETS}")
     _require(model["mask_sigma"] in SIGMAS, source, f"model.mask_sigma={model['mask_sigma']!r} not in {SIGMAS}")
     _require(model["encoding"] in ENCODINGS, source, f"model.encoding={model['encoding']!r} not in {ENCODINGS}")

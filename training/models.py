@@ -32,7 +32,7 @@ from torch import nn
 from training.config import Downsample, Encoding, Mode, ModelConfig
 from training import fused
 from training.flex import PlasticFlexLayer, flat_time
-from training.neurons import LIFParams, lif_multistep
+from training.neurons import LIFParams, TickParams, lif_multistep, lif_ticks
 from training.surrogate import make_surrogate
 
 VGG_STAGES: dict[str, list[int | str]] = {
@@ -107,6 +107,11 @@ class Activation(nn.Module):
         spikes, _ = lif_multistep(current, steps, self.params, self.spike_fn, detach_state=self.mode is Mode.HYBRID)
         return spikes
 
+    def ticks(self, held: torch.Tensor | None, charge: torch.Tensor | None, steps: int,
+              tick: TickParams) -> torch.Tensor:
+        """LIF spikes ``[T·K, B, ...]`` at ``K`` ticks per step (:func:`training.neurons.lif_ticks`)."""
+        return lif_ticks(held, charge, steps, self.params, tick, self.spike_fn, detach_state=self.mode is Mode.HYBRID)
+
 
 class SpikingVGG(nn.Module):
     """VGG-11/16 for CIFAR-10, spiking or not, with or without PlasticFlex stages."""
@@ -157,10 +162,19 @@ class SpikingVGG(nn.Module):
             return rates + (spikes - rates).detach()
         return ((images - self.mean) / self.std).unsqueeze(0)
 
-    def run(self, images: torch.Tensor) -> ModelOutput:
-        """Forward pass that also returns every neuron layer's trace."""
+    def run(self, images: torch.Tensor, ticks: int | None = None) -> ModelOutput:
+        """Forward pass that also returns every neuron layer's trace.
+
+        ``ticks``: the time resolution K to run at (default ``cfg.ticks``; the trainer's coarse phase runs
+        a K > 1 model at one tick per step, see ``train.tick_steps``).
+        """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}.")
+        ticks = self.cfg.ticks if ticks is None else ticks
+        if ticks > 1:  # K ticks per step: the biophysical mode's dynamics (training.ticks)
+            from training.ticks import run_ticks
+
+            return run_ticks(self, images, ticks)
         steps = self.cfg.steps
         x = self.encode(images)
         traces, drives = [], []

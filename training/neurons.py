@@ -95,3 +95,87 @@ def lif_multistep(
         s, state = lif_step(inputs[t if len(inputs) > 1 else 0], state, params, spike_fn)
         out.append(s)
     return torch.stack(out), state
+
+
+# --- K ticks per step (DESIGN.md §6) -------------------------------------------------------------
+#
+# With ``K`` ticks per step the same neuron is integrated at a finer time resolution, exactly as the
+# biophysical Brian2 mode integrates ``tau_m dV/dt = V_rest - V + R I`` (``sim.dynamics``), in units
+# of the discrete membrane::
+#
+#     v[k] = d v[k-1] + g held[step(k)] + jump[k],    d = beta**(1/K),  g = (1 - d) / (1 - beta)
+#     spike if v[k] >= theta and the neuron is not refractory; reset as above; refractory for K ticks
+#
+# ``held`` is a current held over its step (bias, the first layer's image drive): ``g`` is the exact
+# integral of a constant input over one tick, so K ticks of it add what one discrete step adds.
+# ``jump`` is the charge of synaptic (delta) inputs arriving in tick k. The refractory period is one
+# step (K ticks, counted from the spike), so a neuron fires at most once per step as in the discrete
+# model. ``K = 1`` is the discrete model (``lif_multistep`` is used for it, bit for bit).
+
+
+class TickParams(NamedTuple):
+    ticks: int  # K ticks per step
+    decay: float  # d: membrane decay per tick
+    gain: float  # g: a held drive's contribution per tick
+
+
+def tick_params(beta: float, ticks: int) -> TickParams:
+    """Decay and held-drive gain of one tick (see :func:`training.equations.tick_decay`)."""
+    from training.equations import tick_decay, tick_gain
+
+    return TickParams(ticks, tick_decay(beta, ticks), tick_gain(beta, ticks))
+
+
+def lif_ticks(
+    held: torch.Tensor | None,
+    jump: torch.Tensor | None,
+    steps: int,
+    params: LIFParams,
+    tick: TickParams,
+    spike_fn: SurrogateFn,
+    *,
+    detach_state: bool = False,
+) -> torch.Tensor:
+    """LIF over ``steps * K`` ticks (equations above).
+
+    Parameters
+    ----------
+    held
+        Drive held over its step, ``[T', B, ...]`` with ``T' == 1`` (constant), ``steps`` (one per step)
+        or ``steps * K`` (one per tick, e.g. a bias scaled by a mask that changes within the step); or ``None``.
+    jump
+        ``[T·K, B, ...]`` synaptic charge arriving in each tick, or ``None``.
+
+    Returns
+    -------
+    spikes ``[T·K, B, ...]``.
+    """
+    k = tick.ticks
+    if held is None and jump is None:
+        raise ValueError("lif_ticks needs a held drive, a synaptic charge, or both.")
+    if held is not None and held.shape[0] not in (1, steps, steps * k):
+        raise ValueError(f"held drive has {held.shape[0]} entries; expected 1, {steps} or {steps * k}.")
+    if jump is not None and jump.shape[0] != steps * k:
+        raise ValueError(f"synaptic charge has {jump.shape[0]} ticks; expected {steps * k}.")
+    like = jump[0] if jump is not None else held[0]
+    per_tick = held is not None and held.shape[0] == steps * k > steps
+    v = torch.zeros_like(like)
+    wait = torch.zeros_like(like)  # ticks of refractoriness left
+    out = []
+    for i in range(steps * k):
+        if detach_state:
+            v = v.detach()
+        v = v * tick.decay
+        if held is not None:
+            v = v + tick.gain * held[i if per_tick else (i // k if held.shape[0] > 1 else 0)]
+        if jump is not None:
+            v = v + jump[i]
+        wait = (wait - 1).clamp_(min=0)
+        s = spike_fn(v - params.theta) * (wait < 0.5)
+        if params.reset is Reset.SUBTRACT:
+            v = torch.sub(v, s, alpha=params.theta)
+        else:
+            v = v * (1.0 - s)
+        wait = wait + k * s.detach()
+        out.append(s)
+    return torch.stack(out)

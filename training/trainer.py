@@ -54,6 +54,11 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def ticks_at(step: int, total_steps: int, tick_steps: int, ticks: int) -> int:
+    """Time resolution of optimisation step ``step``: ``ticks`` for the last ``tick_steps`` steps (all if 0), else 1."""
+    return ticks if tick_steps == 0 or step >= total_steps - tick_steps else 1
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
@@ -66,15 +71,15 @@ def layer_stats(out: ModelOutput) -> tuple[dict[str, float], dict[str, float]]:
 
 
 @torch.no_grad()
-def evaluate(model: SpikingVGG, split: cifar.Split, batch_size: int) -> EvalResult:
-    """Loss, accuracy and layer statistics over the *whole* split, in eval mode."""
+def evaluate(model: SpikingVGG, split: cifar.Split, batch_size: int, ticks: int | None = None) -> EvalResult:
+    """Loss, accuracy and layer statistics over the *whole* split, in eval mode (at ``ticks``, default the model's)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     rate_sum: dict[str, float] = {}
     ratio_sum: dict[str, float] = {}
     for x, y in cifar.batches(split, batch_size):
-        out = model.run(x)
+        out = model.run(x, ticks=ticks)
         loss_sum += F.cross_entropy(out.logits, y, reduction="sum").item()
         correct += (out.logits.argmax(1) == y).sum().item()
         rates, ratios = layer_stats(out)
@@ -137,6 +142,8 @@ class Trainer:
             start_epoch, history, test = self._restore(model, opt)
         elif ranks.main:
             self._start(run_dir)
+        if not resume and tc.init_from:  # every rank, before DDP wraps the model
+            self._init_from(model, Path(tc.init_from))
         distributed.barrier(ranks)
         forward = distributed.wrap(model, ranks, device)
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.bf16)
@@ -162,7 +169,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast:
-                    out = forward(x)
+                    out = forward(x, ticks=ticks_at(step, total_steps, tc.tick_steps, cfg.model.ticks))
                     loss = F.cross_entropy(out.logits.float(), y, label_smoothing=tc.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -177,7 +184,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{n_correct / seen:.3f}")
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
-            val = evaluate(model, val_split, tc.eval_batch_size)
+            val = evaluate(model, val_split, tc.eval_batch_size,
+                           ticks=ticks_at(step, total_steps, tc.tick_steps, cfg.model.ticks))
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": n_correct / seen,
                             "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": lr,
                             "train_time": train_time, "eval_time": time.perf_counter() - t1,
@@ -222,6 +230,20 @@ class Trainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, self.cfg)
         write_json(provenance(self.cfg.to_dict(), self.cfg.seed), run_dir / PROVENANCE)
+
+    def _init_from(self, model: SpikingVGG, source: Path) -> None:
+        """Start from another run's trained weights (fine-tuning, e.g. at another ``model.ticks``)."""
+        state = load_checkpoint(source, map_location=self.device)
+        saved = run_config(state).model
+        same = {"ticks", "plasticity_rate"}  # what a fine-tune may change without changing the weights' meaning
+        diff = {k: (getattr(saved, k), getattr(self.cfg.model, k)) for k in saved.__dataclass_fields__
+                if k not in same and getattr(saved, k) != getattr(self.cfg.model, k)}
+        if diff:
+            raise RunDirError(f"train.init_from={source}: that run's model differs from this one in "
+                              + ", ".join(f"model.{k} ({a!r} there, {b!r} here)" for k, (a, b) in diff.items())
+                              + "; fine-tune with the same architecture and neuron model.")
+        model.load_state_dict(state["model"])
+        print(f"{self.cfg.variant}: starting from the weights of {source} (epoch {state['epoch']})", flush=True)
 
     def _restore(self, model: SpikingVGG,
                  opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, float] | None]:
