@@ -140,20 +140,18 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def all_reduce_drives(out, info: DistInfo):
-    """``out`` (a ModelOutput) with the flex layers' pathway drives averaged over ranks, in one all-reduce.
+    """``out`` (a ModelOutput) with the flex layers' drive moments averaged over ranks, in one all-reduce.
 
-    Each rank's drive is a ratio of means over its share of the batch; their average equals the drive of the
-    global batch only up to the spread between shards (a first-order difference, well below the update's
-    scale lambda). Exact for one process.
+    The moments are means over each rank's equal share of the batch, so their average is the global batch's:
+    the drives, computed from them afterwards, equal a single process's exactly (up to summation order).
     """
     if info.world <= 1 or not out.drives:
         return out
-    flat = torch.cat([torch.cat([r_sel.reshape(-1), r_inv.reshape(-1)]) for _, r_sel, r_inv in out.drives])
+    flat = torch.cat([m.reshape(-1) for _, m in out.drives])
     dist.all_reduce(flat)
     flat /= info.world
-    parts = iter(flat.split([n for _, r_sel, r_inv in out.drives for n in (r_sel.numel(), r_inv.numel())]))
-    drives = tuple((name, next(parts).view_as(r_sel), next(parts).view_as(r_inv)) for name, r_sel, r_inv in out.drives)
-    return out._replace(drives=drives)
+    parts = iter(flat.split([m.numel() for _, m in out.drives]))
+    return out._replace(drives=tuple((name, next(parts).view_as(m)) for name, m in out.drives))
 
 
 class RunModule(nn.Module):

@@ -66,8 +66,12 @@ PLASTICITY_EXPR = "b += {rate}*(rs - ri) - {decay}*b"
 
 def pathway_drive(x, dims):
     """Scale-free drive of one path, ``mean(relu(x)) / sqrt(mean(x^2) + EPS)`` over ``dims``."""
-    mean_relu = x.clip(0.0, None).mean(dims)
-    return mean_relu / ((x * x).mean(dims) + EPS) ** 0.5
+    return drive_from_moments(x.clip(0.0, None).mean(dims), (x * x).mean(dims))
+
+
+def drive_from_moments(mean_relu, mean_square):
+    """The drive from its two moments (so that shards of a batch can be combined exactly by averaging them)."""
+    return mean_relu / (mean_square + EPS) ** 0.5
 
 
 def plasticity_delta(r_sel, r_inv, rate: float, decay: float, b):

@@ -27,6 +27,7 @@ class FlexOutput(NamedTuple):
     mask: torch.Tensor  # m, [T, B, C_out, H', W'] (conv share)
     r_sel: torch.Tensor | None  # [C_out], conv-path drive (equations.pathway_drive); training mode only
     r_inv: torch.Tensor | None  # [C_out], pool-path drive; training mode only
+    moments: torch.Tensor | None = None  # [path (conv, pool), (mean relu, mean square), T', C_out]; training only
 
 
 def flat_time(fn, x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,7 @@ class PlasticFlexLayer(nn.Module):
             raise ValueError(f"layer was built for {self.eta.shape[0]} time steps, asked for {steps}.")
         conv = flat_time(self.conv_path, x)
         if self.mask_mode is MaskMode.CONV_ONLY:
-            return FlexOutput(conv, torch.ones_like(conv[:, :1]).expand_as(conv), None, None)
+            return FlexOutput(conv, torch.ones_like(conv[:, :1]).expand_as(conv), None, None, None)
         pool = flat_time(self.pool_path, x)
         logits = flat_time(self.logits, pool)
         time_bias = (self.eta[:steps] + self.plastic_bias)[:, None, :, None, None]  # [T, 1, C, 1, 1]
@@ -120,11 +121,12 @@ class PlasticFlexLayer(nn.Module):
         else:
             mask = self.mask_fn(logits + time_bias)  # broadcasts a constant input to T steps
             current = torch.addcmul(pool, mask, conv - pool)  # m*conv + (1-m)*pool
-        r_sel = r_inv = None
+        r_sel = r_inv = moments = None
         if self.training:  # pathway drives for the plasticity rule
             with torch.no_grad():
-                r_sel, r_inv = pathway_drives(conv, pool)
-        return FlexOutput(current, mask, r_sel, r_inv)
+                moments = pathway_moments(conv, pool)
+                r_sel, r_inv = drives_from_moments(moments)
+        return FlexOutput(current, mask, r_sel, r_inv, moments)
 
     @torch.no_grad()
     def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, rate: float, decay: float) -> None:
@@ -132,7 +134,21 @@ class PlasticFlexLayer(nn.Module):
         self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, rate, decay, self.plastic_bias)
 
 
+def pathway_moments(conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """``[2, 2, T', C]``: per path (conv, pool) and step, the channel means of ``relu(x)`` and ``x**2``.
+
+    Means over batch and positions: shards of one batch combine exactly by averaging (DDP).
+    """
+    dims = (1, 3, 4)
+    return torch.stack([torch.stack([x.clamp(min=0).mean(dims), (x * x).mean(dims)]) for x in (conv, pool)])
+
+
+def drives_from_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r_sel, r_inv)`` per channel: :func:`training.equations.drive_from_moments` per step, mean over steps."""
+    drives = equations.drive_from_moments(moments[:, 0], moments[:, 1]).mean(1)
+    return drives[0], drives[1]
+
+
 def pathway_drives(conv: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(r_sel, r_inv)`` per channel from ``[T', B, C, H, W]`` paths: per-step drives, mean over steps."""
-    dims = (1, 3, 4)
-    return (equations.pathway_drive(conv, dims).mean(0), equations.pathway_drive(pool, dims).mean(0))
+    return drives_from_moments(pathway_moments(conv, pool))

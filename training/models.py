@@ -31,7 +31,7 @@ from torch import nn
 
 from training.config import Downsample, Encoding, Mode, ModelConfig
 from training import fused
-from training.flex import PlasticFlexLayer, flat_time
+from training.flex import PlasticFlexLayer, drives_from_moments, flat_time
 from training.neurons import LIFParams, TickParams, lif_multistep, lif_ticks
 from training.surrogate import make_surrogate
 
@@ -63,8 +63,8 @@ class LayerTrace(NamedTuple):
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # [B, classes], mean over time of the read-out
     layers: tuple[LayerTrace, ...]  # every neuron layer, in order
-    # pathway drives (r_sel, r_inv) of every flex layer in training mode, neurons after it or not
-    drives: tuple[tuple[str, torch.Tensor, torch.Tensor], ...] = ()
+    # (name, moments) of every flex layer in training mode, neurons after it or not (flex.pathway_moments)
+    drives: tuple[tuple[str, torch.Tensor], ...] = ()
 
 
 class ConvStage(nn.Module):
@@ -179,17 +179,17 @@ class SpikingVGG(nn.Module):
         x = self.encode(images)
         traces, drives = [], []
         for name, stage in zip(self.names, self.stages):
-            mask = r_sel = r_inv = None
+            mask = r_sel = r_inv = moments = None
             if isinstance(stage, PlasticFlexLayer):
                 out = stage(x, steps)
-                x, mask, r_sel, r_inv = out.current, out.mask, out.r_sel, out.r_inv
+                x, mask, r_sel, r_inv, moments = out
             elif isinstance(stage, ConvStage):
                 x = stage(x)
             else:  # classic baseline: max-pool of the previous layer's output (OR of spikes)
                 x = flat_time(stage, x)
                 continue
-            if r_sel is not None:
-                drives.append((name, r_sel, r_inv))
+            if moments is not None:
+                drives.append((name, moments))
             if name in self.activations:
                 x = self.activations[name](x, steps)
                 traces.append(LayerTrace(name, x, mask, r_sel, r_inv))
@@ -210,7 +210,8 @@ class SpikingVGG(nn.Module):
     def apply_plasticity(self, out: ModelOutput) -> None:
         """Hebbian step of every flex layer's mask bias from the drives of one forward pass."""
         layers = self.flex_layers()
-        for name, r_sel, r_inv in out.drives:
+        for name, moments in out.drives:
+            r_sel, r_inv = drives_from_moments(moments)
             layers[name].apply_plasticity(r_sel, r_inv, self.cfg.plasticity_rate, self.cfg.plasticity_decay)
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import Encoding, MaskMode
-from training.flex import PlasticFlexLayer, flat_time, pathway_drives
+from training.flex import PlasticFlexLayer, drives_from_moments, flat_time, pathway_moments
 from training.neurons import tick_params
 
 if TYPE_CHECKING:
@@ -106,11 +106,11 @@ def flex_drive(stage: PlasticFlexLayer, x: torch.Tensor, steps: int):
     time_bias = (stage.eta[:steps] + stage.plastic_bias).repeat_interleave(ticks, 0)[:, None, :, None, None]
     mask = stage.mask_fn(lscale * (seen - stage.threshold) + lshift + time_bias)
     held, charge = mask * bias, torch.addcmul(fires, mask, charge_c - fires)
-    r_sel = r_inv = None
+    moments = None
     if stage.training:  # the drives of the per-step paths, as PlasticFlexLayer (a K = 1 model) measures them
         with torch.no_grad():
-            r_sel, r_inv = pathway_drives(conv_step, pool_step)
-    return held, charge, mask, r_sel, r_inv
+            moments = pathway_moments(conv_step, pool_step)
+    return held, charge, mask, moments
 
 
 def run_ticks(model: SpikingVGG, images: torch.Tensor, ticks: int) -> ModelOutput:
@@ -127,13 +127,13 @@ def run_ticks(model: SpikingVGG, images: torch.Tensor, ticks: int) -> ModelOutpu
         x = first_tick(x, ticks)
     traces, drives = [], []
     for name, stage in zip(model.names, model.stages):
-        mask = r_sel = r_inv = None
+        mask = moments = None
         if isinstance(stage, PlasticFlexLayer):
             if analog:
                 out = stage(x, steps)
-                held, charge, mask, r_sel, r_inv = out.current, None, out.mask, out.r_sel, out.r_inv
+                held, charge, mask, moments = out.current, None, out.mask, out.moments
             else:
-                held, charge, mask, r_sel, r_inv = flex_drive(stage, x, steps)
+                held, charge, mask, moments = flex_drive(stage, x, steps)
         elif isinstance(stage, ConvStage):
             if analog:
                 held, charge = stage(x), None
@@ -144,8 +144,9 @@ def run_ticks(model: SpikingVGG, images: torch.Tensor, ticks: int) -> ModelOutpu
             x = or_relay(flat_time(stage, x), steps)[0]
             continue
         analog = False
-        if r_sel is not None:
-            drives.append((name, r_sel, r_inv))
+        r_sel, r_inv = drives_from_moments(moments) if moments is not None else (None, None)
+        if moments is not None:
+            drives.append((name, moments))
         if name not in model.activations:  # model.down_neurons=false is refused with ticks > 1 (config)
             raise ValueError(f"stage {name} has no neurons; K > 1 ticks need a neuron after every stage.")
         x = model.activations[name].ticks(held, charge, steps, tick)

@@ -349,9 +349,12 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | Non
     if cfg.model.num_classes < len(cifar.CLASSES):  # checked before any work: the labels would not fit the logits
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} is smaller than CIFAR-10's "
                           f"{len(cifar.CLASSES)} classes; use {len(cifar.CLASSES)}.")
+    trainer = Trainer(cfg, run_dir, Path(data_dir) if data_dir else None, device, progress)
+    if not distributed.from_environment().main:  # a torchrun job: rank 0 owns (locks and writes) the run dir
+        return trainer.run(resume=resume)
     with RunLock(run_dir) as lock:
         for line in [describe_takeover(lock)] + [f"{run_dir}: removed {p.name}, a temporary file left by an "
                                                  "interrupted write" for p in remove_stale_temps(run_dir)]:
             if line:
                 print(line, flush=True)
-        return Trainer(cfg, run_dir, Path(data_dir) if data_dir else None, device, progress).run(resume=resume)
+        return trainer.run(resume=resume)
