@@ -250,13 +250,15 @@ def _check_header_types(header: dict[str, Any], source: str) -> None:
     """Every header field the reader and the simulator use: present, of the right type, in range."""
     model = header.get("model")
     _require(isinstance(model, dict), source, "no 'model' object")
-    for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "num_classes"):
+    for key in ("steps", "beta", "theta", "reset", "mask_sigma", "encoding", "plasticity_rate", "plasticity_decay",
+                "num_classes"):
         _require(key in model, source, f"model.{key} is missing")
     _check_field(_is_int(model["steps"]) and 1 <= model["steps"] <= 100_000, source, "model.steps", model["steps"],
                  "must be an integer in [1, 100000]")
     for key, rule, ok in (("beta", "must be a finite number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
                           ("theta", "must be a finite number > 0", lambda v: v > 0),
-                          ("plasticity_rate", "must be a finite number >= 0", lambda v: v >= 0)):
+                          ("plasticity_rate", "must be a finite number >= 0", lambda v: v >= 0),
+                          ("plasticity_decay", "must be a finite number in [0, 1)", lambda v: 0 <= v < 1)):
         _check_field(_is_number(model[key]) and ok(model[key]), source, f"model.{key}", model[key], rule)
     _check_field(_is_int(model["num_classes"]) and 2 <= model["num_classes"] <= 100_000, source, "model.num_classes",
                  model["num_classes"], "must be an integer in [2, 100000]")
