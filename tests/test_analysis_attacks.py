@@ -62,7 +62,10 @@ def test_accuracy_falls_monotonically_with_epsilon(snn, batch, attack):
         assert float((adv - x).abs().max()) <= e + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         acc.append(accuracy(snn, adv, y))
     assert acc[0] > 0.2  # a trained model, well above chance
-    assert all(b <= a + 1 / N + 1e-6 for a, b in zip(acc, acc[1:])), acc  # at most one image of noise
+    # PGD: at most one image of noise. FGSM is one linearised step, not monotone in eps on a spiking net
+    # (a larger step can jump past the adversarial region): seen up to 3 images of 96 on a twin smoke model.
+    slack = 1 / N if attack == "pgd" else 0.05
+    assert all(b <= a + slack + 1e-6 for a, b in zip(acc, acc[1:])), acc
     assert acc[-1] <= 0.5 * acc[0], acc  # 8/255 at least halves a smoke model's accuracy
 
 
