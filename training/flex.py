@@ -148,7 +148,3 @@ def drives_from_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     drives = equations.drive_from_moments(moments[:, 0], moments[:, 1]).mean(1)
     return drives[0], drives[1]
 
-
-def pathway_drives(conv: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(r_sel, r_inv)`` per channel from ``[T', B, C, H, W]`` paths: per-step drives, mean over steps."""
-    return drives_from_moments(pathway_moments(conv, pool))

@@ -57,10 +57,6 @@ def variant_name(flex: bool, mode: str) -> str:
     return f"{'flex' if flex else 'vgg'}-{mode}"
 
 
-def run_dir_for(root: Path, flex: bool, mode: str, seed: int) -> Path:
-    return Path(root) / variant_name(flex, mode) / f"seed{seed}"
-
-
 def _train_command(profile: str, flex: bool, mode: str, seed: int, run_dir: Path, data_dir: Path | None,
                    device: str, overrides: Sequence[str], resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", "training.cli", "train", "--profile", profile, "--mode", mode,
