@@ -72,10 +72,10 @@ bench: $(STAMP) data
 # torch (e.g. `make gpu-check TORCH_SPEC=torch` on a fresh venv where pip's default torch is a CUDA build).
 gpu-check: $(STAMP) data
 ifeq ($(DRY),1)
-	$(PY) -m training.gpucheck --dry-run --out runs/gpu-check-dry
+	$(PY) -m bioflexnet.gpucheck --dry-run --out runs/gpu-check-dry
 else
 	$(PY) -m pip install -q -e ".[cuda]"
-	$(PY) -m training.gpucheck --out runs/gpu-check
+	$(PY) -m bioflexnet.gpucheck --out runs/gpu-check
 endif
 
 clean:

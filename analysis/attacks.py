@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from training.config import Mode
+from core.config import Mode
 from training.models import SpikingVGG, build_model
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from training.results import read_dataset
+from core.results import read_dataset
 
 MODES = ("ann", "hybrid", "stbp")
 EPS_8 = 8 / 255

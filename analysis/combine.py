@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from training.results import read_dataset
+from core.results import read_dataset
 
 
 def combine_runs(datasets: Sequence[xr.Dataset]) -> xr.Dataset:

@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-
 MODES = ("ann", "hybrid", "stbp")
 FAMILY_STYLE = {"vgg": {"color": "tab:blue", "label": "VGG"}, "flex": {"color": "tab:red", "label": "BioFlexNet"}}
 
@@ -67,7 +66,7 @@ def plot_training_curves(metrics: xr.Dataset) -> plt.Figure:
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Save a figure atomically (PNG unless the suffix says otherwise) and close it."""
-    from training.results import atomic_path
+    from core.results import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

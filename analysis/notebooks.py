@@ -8,14 +8,13 @@ message, so the figures of the finished stages are still made.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from training.cli import CLIError
-from training.results import atomic_path
-from training.validate import output_dir
+from core.errors import CLIError
+from core.results import atomic_path
+from core.validate import output_dir
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # name -> files under ROOT that the notebook reads (glob patterns)
@@ -37,8 +36,8 @@ class NotebookError(CLIError):
 
 def check_inputs(root: Path, name: str) -> None:
     """Read every result file notebook ``name`` reads, before it runs: a corrupt one raises
-    :class:`training.results.ResultFileError` naming the file and the command that regenerates it."""
-    from training.results import read_dataset
+    :class:`core.results.ResultFileError` naming the file and the command that regenerates it."""
+    from core.results import read_dataset
 
     for pattern in NOTEBOOKS[name] + OPTIONAL_INPUTS.get(name, ()):
         for path in sorted(root.glob(pattern)):
@@ -78,25 +77,3 @@ def run_notebooks(root: str | os.PathLike, out_dir: str | os.PathLike | None = N
         print(f"figures: {name} -> {target}", flush=True)
         done.append(target)
     return done
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("figures", help="regenerate the paper figures with papermill",
-                       description="Execute the notebooks in notebooks/ on the results under ROOT.")
-    p.add_argument("root", type=Path, help="output root of `bioflexnet reproduce` (e.g. runs/quick)")
-    p.add_argument("--out", type=Path, default=None, help="figure directory (default ROOT/figures)")
-    p.add_argument("--only", nargs="+", choices=sorted(NOTEBOOKS), default=None)
-    p.set_defaults(func=cmd_figures)
-
-
-def cmd_figures(args: argparse.Namespace) -> None:
-    if not args.root.is_dir():
-        raise CLIError(f"{args.root} is not a directory; give the output root of `bioflexnet reproduce` "
-                       "(e.g. runs/quick).")
-    output_dir(args.out or args.root / "figures")
-    run_notebooks(args.root, args.out, args.only)
-
-
-def run_stage(root: Path, run_dirs: dict, *, profile: str, data_dir: Path | None, device: str) -> None:
-    """Last stage of ``bioflexnet reproduce``: every figure."""
-    run_notebooks(root)

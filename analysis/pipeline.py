@@ -24,11 +24,10 @@ import xarray as xr
 
 from analysis.combine import combine_runs
 from analysis.report import landscape_lines, robustness_lines, sparsity_lines
-from analysis.runner import (LANDSCAPE, ROBUSTNESS, SPARSITY, attack_run, checkpoint_sha256, landscape_run,
-                             sparsity_run)
+from analysis.runner import LANDSCAPE, ROBUSTNESS, SPARSITY, attack_run, checkpoint_sha256, landscape_run, sparsity_run
 from analysis.settings import AnalysisSettings, settings_for, settings_json
+from core.results import reusable_dataset, write_dataset
 from training.data import Split, load_split
-from training.results import reusable_dataset, write_dataset
 
 
 def twin_variant(variant: str) -> str:

@@ -40,7 +40,7 @@ import xarray as xr
 from analysis.apgd import apgd
 from analysis.attacks import Iterates, fgsm, gradient_model, pgd_iterates, square
 from analysis.settings import REFERENCE_EPSILON, AttackSettings, settings_json
-from training.config import Encoding
+from core.config import Encoding
 from training.data import Split, subset, to_float
 from training.models import SpikingVGG
 

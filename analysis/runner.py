@@ -16,10 +16,10 @@ from analysis.landscape import landscape
 from analysis.robustness import robustness
 from analysis.settings import AttackSettings, LandscapeSettings, SparsitySettings
 from analysis.sparsity import sparsity
-from training.config import Mode, RunConfig
+from core.config import Mode, RunConfig
+from core.results import file_sha256, provenance
 from training.data import Split, load_split
 from training.models import SpikingVGG
-from training.results import file_sha256, provenance
 from training.runs import CHECKPOINT, RunDirError, load_model
 
 ROBUSTNESS = "robustness.nc"

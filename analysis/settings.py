@@ -9,7 +9,7 @@ robustness claim (the per-image worst case) adds APGD-CE and APGD-DLR with the
 standard 100 iterations and Square with 5,000 queries. ``quick`` fits
 all six quick variants into a few CPU minutes; ``smoke`` takes seconds (tests).
 Every value is validated on construction and a bad one raises
-:class:`training.config.ConfigError` with the field, the value and the remedy.
+:class:`core.config.ConfigError` with the field, the value and the remedy.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from training.config import PROFILES, ConfigError
+from core.config import PROFILES, ConfigError
 
 # Every attack sweeps the common L∞ grid (``pgd_max``) except FGSM and SPGD, which have their own ranges.
 # pgd: best iterate per image; pgd_last: the last iterate (the authors' protocol).

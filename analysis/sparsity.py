@@ -39,7 +39,7 @@ from torch import nn
 
 from analysis.robustness import select_images
 from analysis.settings import SparsitySettings, settings_json
-from training.config import Encoding
+from core.config import Encoding
 from training.data import Split, to_float
 from training.flex import PlasticFlexLayer, flat_time
 from training.models import ConvStage, ModelOutput, SpikingVGG

@@ -2,7 +2,7 @@
 
 Modules, in the order data flows through them:
 
-* ``training.export_format`` (shared, torch-free): reads and validates the export file.
+* ``core.export_format`` (shared, torch-free): reads and validates the export file.
 * :mod:`sim.analog`: the first layer's pathways from the image (direct encoding).
 * :mod:`sim.connectivity`: synapse index arrays (conv, max-pool windows, channel map).
 * :mod:`sim.biophysics`: the discrete -> physical LIF mapping.

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.export_format import read_export
 from sim.simulate import MODES, SimOptions, SimResult, simulate
-from training.export_format import read_export
 
 COLUMNS = ("simulate_per_image_s", "simulate_s", "build_network_s", "build_s", "wall_s")
 

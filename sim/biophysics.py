@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from brian2 import Quantity, mV, ms
+from brian2 import Quantity, ms, mV
 
 
 class BiophysicalParams(NamedTuple):

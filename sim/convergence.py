@@ -37,7 +37,7 @@ def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset
             trained[i] = int(ds.attrs.get("trained_ticks", trained[i] or 1))
             n_images.add(int(ds.attrs["n_images"]))
     dt = np.nanmean(step_ms, axis=0) / np.asarray(ks)
-    from training.results import provenance
+    from core.results import provenance
 
     return xr.Dataset(
         {"class_agreement": (("model", "substeps"), agree, {"long_name": "fraction of images classified as by the "
@@ -57,7 +57,7 @@ def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset
 
 def collect(dirs: dict[str, Path]) -> dict[str, dict[int, xr.Dataset]]:
     """``SIM_DIR/k{K}/sim.nc`` of every label."""
-    from training.results import read_dataset
+    from core.results import read_dataset
 
     out: dict[str, dict[int, xr.Dataset]] = {}
     for label, folder in dirs.items():
@@ -72,7 +72,7 @@ def collect(dirs: dict[str, Path]) -> dict[str, dict[int, xr.Dataset]]:
 
 def main(argv: list[str]) -> None:
     out, pairs = Path(argv[0]), [a.split("=", 1) for a in argv[1:]]
-    from training.results import write_dataset
+    from core.results import write_dataset
 
     ds = convergence_dataset(collect({label: Path(folder) for label, folder in pairs}))
     write_dataset(ds, out)

@@ -29,13 +29,15 @@ from typing import Iterator
 
 import numpy as np
 
+from core.errors import UserError
+
 DEVICES = ("runtime", "cpp_standalone", "cuda_standalone")
 GCC_ARGS = ["-w", "-O3", "-fno-fast-math", "-ffp-contract=off", "-march=native", "-std=c++17"]
 NVCC_ARGS = ["-w", "-std=c++17", "--fmad=false", "-Xcompiler", "-ffp-contract=off"]
 DEFAULT_COMPUTE_CAPABILITY = 9.0  # H100 / H200, used when no GPU can be queried
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """A Brian2 device cannot be used here (missing package or compiler)."""
 
 

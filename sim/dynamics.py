@@ -38,8 +38,8 @@ from __future__ import annotations
 import numpy as np
 from brian2 import TimedArray
 
+from core import equations
 from sim.biophysics import BiophysicalParams
-from training import equations
 
 SYNAPSES = ("delta", "pulse")
 
@@ -69,7 +69,7 @@ class Dynamics:
             self.start = "acc_c = 0\nacc_p = 0\nv = v*(1 - image_start(t))"
             self.v_init = 0.0
         else:
-            # exp(-dt/tau_m) = beta**(1/K): the one formula PyTorch's tick model uses (training.equations)
+            # exp(-dt/tau_m) = beta**(1/K): the one formula PyTorch's tick model uses (core.equations)
             decay = equations.tick_decay(model["beta"], substeps)
             ticks = max(1, int(round(float(bio.refractory / dt))))
             self.constants = {"v_rest": bio.v_rest, "v_th": bio.v_threshold, "decay": decay,

@@ -47,7 +47,7 @@ tick, ``b += lambda/(T K) * (r_sel - r_inv) - delta/(T K) * b`` per channel,
 with the tick's scale-free drives ``mean relu(x) / sqrt(mean x^2 + eps)`` of
 the conv (``Ic``) and pool (``Ip``) paths, the means over positions; the new
 ``b`` acts from the next tick. Over one image of ``T`` steps at ``K = 1`` this is
-PyTorch's update with the per-image drives of :mod:`training.equations` (a
+PyTorch's update with the per-image drives of :mod:`core.equations` (a
 batch of one image), to first order in ``delta`` (exactly for ``T = 1``), except
 that ``b`` already changes within the image. Under delta synapses the drives are
 computed from rates: the tick's charge times ``K`` (plus the held bias).
@@ -57,15 +57,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from brian2 import (Network, NeuronGroup, Quantity, SpikeMonitor, StateMonitor, Synapses, TimedArray,
-                    defaultclock, linked_var, ms)
+from brian2 import (Network, NeuronGroup, Quantity, SpikeMonitor, StateMonitor, Synapses, TimedArray, defaultclock,
+                    linked_var, ms)
 
+from core import equations
+from core.export_format import Export, LayerSpec
 from sim.analog import first_layer_drives
 from sim.biophysics import BiophysicalParams
 from sim.connectivity import Connections, channel_map_connections, conv_connections, pool_connections
 from sim.dynamics import Dynamics
-from training import equations
-from training.export_format import Export, LayerSpec
 
 EXACT_TICK = 1 * ms  # nominal duration of one step in exact mode (the discrete model has no time unit)
 
@@ -217,8 +217,8 @@ class _Builder:
         """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri.
 
         ``rsel`` / ``rinv`` of a neuron are the tick's conv / pool path; the drives of
-        :func:`training.equations.pathway_drive` are rendered from their channel means of ``relu(x)`` and
-        ``x**2`` (:data:`training.equations.DRIVE_EXPR`), the update from ``PLASTICITY_EXPR`` with the
+        :func:`core.equations.pathway_drive` are rendered from their channel means of ``relu(x)`` and
+        ``x**2`` (:data:`core.equations.DRIVE_EXPR`), the update from ``PLASTICITY_EXPR`` with the
         per-step rate and decay spread over the ``T K`` ticks of an image.
         """
         name, a, model = layer.name, self.export.arrays, self.export.model
@@ -299,7 +299,7 @@ def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity
     Parameters
     ----------
     export
-        A validated export (:func:`training.export_format.read_export`).
+        A validated export (:func:`core.export_format.read_export`).
     images
         The input images; each is shown for T frames of ``timing.substeps`` ticks.
     timing

@@ -58,7 +58,7 @@ def _brian_device(torch_device: str) -> str:
 
 def export(run_dir: Path, images: int, data_dir: Path | None) -> Path:
     """Run ``bioflexnet export`` in a subprocess (torch stays out of this process)."""
-    cmd = [sys.executable, "-m", "training.cli", "export", str(run_dir), "--images", str(images)]
+    cmd = [sys.executable, "-m", "bioflexnet.cli", "export", str(run_dir), "--images", str(images)]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -69,8 +69,8 @@ def export(run_dir: Path, images: int, data_dir: Path | None) -> Path:
 
 def current_export(run_dir: Path, images: int, data_dir: Path | None):
     """The run's export if it holds ``images`` reference images of the present checkpoint, else a new one."""
-    from training.export_format import ExportError, read_export
-    from training.results import file_sha256
+    from core.export_format import ExportError, read_export
+    from core.results import file_sha256
 
     path = Path(run_dir) / "export.npz"
     if path.is_file():
@@ -87,9 +87,9 @@ def current_export(run_dir: Path, images: int, data_dir: Path | None):
 
 def simulate_run(run_dir: Path, plan: StagePlan, data_dir: Path | None, device: str) -> dict[str, xr.Dataset]:
     """Export one run and simulate it; returns ``{"exact": ds, "biophysical_k4": ds, ...}``."""
+    from core.results import file_sha256, reusable_dataset, write_dataset
     from sim.results import options_key, to_dataset
     from sim.simulate import SimOptions, simulate
-    from training.results import file_sha256, reusable_dataset, write_dataset
 
     ex = current_export(run_dir, plan.images, data_dir)
     export_sha = file_sha256(ex.path)
@@ -137,7 +137,7 @@ def summarise(results: dict[tuple[str, int], dict[str, xr.Dataset]]) -> xr.Datas
         ds = results[run]["exact"]
         for layer, value in zip(ds.layer.values, ds.spike_agreement.values):
             spikes[i, layers.index(layer)] = value
-    from training.results import provenance
+    from core.results import provenance
 
     return xr.Dataset(
         {"class_agreement": (("run", "simulation"), agree, {"long_name": "fraction of images classified as by the "
@@ -150,7 +150,7 @@ def summarise(results: dict[tuple[str, int], dict[str, xr.Dataset]]) -> xr.Datas
 def run_stage(root: Path, run_dirs: dict[tuple[str, int], Path], *, profile: str, data_dir: Path | None = None,
               device: str = "cpu") -> None:
     """Simulate the spiking runs of a reproduction and write ``ROOT/sim_summary.nc``."""
-    from training.results import write_dataset
+    from core.results import write_dataset
 
     plan = PLANS.get(profile, PLANS["quick"])
     brian_device = _brian_device(device)

@@ -13,9 +13,9 @@ import dataclasses
 import numpy as np
 import xarray as xr
 
+from core.export_format import Export
+from core.results import provenance
 from sim.simulate import SimOptions, SimResult
-from training.export_format import Export
-from training.results import provenance
 
 
 def spike_agreement(sim: np.ndarray, ref: np.ndarray) -> float:

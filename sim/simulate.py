@@ -13,18 +13,19 @@ from typing import NamedTuple
 
 import brian2
 import numpy as np
-from brian2 import mV, ms
+from brian2 import ms, mV
 
+from core.errors import UserError
+from core.export_format import Export
 from sim.biophysics import discrete_to_biophysical
 from sim.devices import DEVICES, device_session
 from sim.dynamics import SYNAPSES
 from sim.network import SimNetwork, Timing, build_network
-from training.export_format import Export
 
 MODES = ("exact", "biophysical")
 
 
-class SimError(ValueError):
+class SimError(UserError, ValueError):
     """The requested simulation does not fit the export or the options (a user error)."""
 
 
@@ -38,7 +39,7 @@ class SimOptions:
     plasticity: bool = False
     substeps: int | None = None  # ticks per discrete step; None: the export's K (exact mode: 1)
     synapse: str = "delta"  # biophysical mode: how a spike drives its targets, "delta" | "pulse" (sim.dynamics)
-    tau_m_ms: float | None = None  # None: the export's (training.equations.PHYSICS_DEFAULTS)
+    tau_m_ms: float | None = None  # None: the export's (core.equations.PHYSICS_DEFAULTS)
     v_rest_mv: float | None = None
     v_threshold_mv: float | None = None
     refractory_ms: float | None = None  # None: one step

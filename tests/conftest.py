@@ -44,7 +44,7 @@ def analysis_runs(tmp_path_factory, cifar_dir) -> dict[str, Path]:
     ``{"vgg-stbp": ROOT/vgg-stbp/seed0, "vgg-ann": ROOT/vgg-ann/seed0}``; the ANN run is the
     other's twin for the transfer attack. Tests that write into a run directory copy it first.
     """
-    from training.config import make_config
+    from core.config import make_config
     from training.trainer import train_run
 
     root = tmp_path_factory.mktemp("analysis_runs")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training import equations
+from core import equations
+from core.export_format import FORMAT_VERSION, Export, pack_spikes, read_export, write_export
 from training.export import reference_forward
-from training.export_format import FORMAT_VERSION, Export, pack_spikes, read_export, write_export
 
 
 def _layers(flex: bool) -> list[dict]:

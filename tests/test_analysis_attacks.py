@@ -8,7 +8,7 @@ import torch
 from analysis.apgd import apgd, checkpoints, dlr_loss
 from analysis.attacks import fgsm, gradient_model, input_gradient, loss_gradient, margin, pgd, pgd_iterates, square
 from analysis.robustness import select_images
-from training.config import make_config
+from core.config import make_config
 from training.data import load_split, to_float
 from training.models import build_model
 from training.runs import load_model

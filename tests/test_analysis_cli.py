@@ -9,8 +9,8 @@ import analysis.robustness
 from analysis.combine import combine_files, combine_runs
 from analysis.pipeline import run_stage
 from analysis.settings import AnalysisSettings, AttackSettings, LandscapeSettings, SparsitySettings
-from training.cli import main
-from training.results import read_dataset, write_dataset
+from bioflexnet.cli import main
+from core.results import read_dataset, write_dataset
 
 FAST = ["--n-images", "24", "--batch-size", "24"]
 FAST_ATTACK = FAST + ["--n-epsilons", "2", "--pgd-max", "8/255", "--pgd-steps", "2", "--apgd-steps", "2",

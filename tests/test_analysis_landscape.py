@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from analysis.landscape import asymmetry, filter_normalized_direction, landscape, model_hvp, power_iteration
 from analysis.robustness import select_images
 from analysis.settings import LandscapeSettings
-from training.config import make_config
+from core.config import make_config
 from training.data import load_split, to_float
 from training.models import build_model
 from training.runs import load_model

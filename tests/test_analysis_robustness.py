@@ -5,9 +5,9 @@ import torch
 
 from analysis.robustness import accuracy_at, auc, robustness, sanity_check, select_images
 from analysis.settings import ATTACKS, AttackSettings, LandscapeSettings, settings_for
-from training.config import ConfigError
+from core.config import ConfigError
+from core.results import read_dataset, write_dataset
 from training.data import load_split
-from training.results import read_dataset, write_dataset
 from training.runs import load_model
 
 SMALL = AttackSettings(n_images=48, batch_size=24, n_epsilons=3, pgd_max=16 / 255, pgd_steps=3, apgd_steps=4,

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from analysis.settings import SparsitySettings
 from analysis.sparsity import AC_PJ, MAC_PJ, fan_out, firing_rate, sparsity, stage_ops
-from training.config import make_config
+from core.config import make_config
 from training.data import load_split
 from training.flex import PlasticFlexLayer
 from training.models import ConvStage, build_model

@@ -5,7 +5,7 @@ import xarray as xr
 from scipy import stats
 
 from analysis.claims import EPS_8, claims_dataset, markdown_table, paired_interval
-from training.results import write_dataset
+from core.results import write_dataset
 
 
 def test_paired_interval_is_the_student_t_interval_of_the_differences():

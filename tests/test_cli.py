@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from training.cli import main
+from bioflexnet.cli import main
 
 
 def _run(capsys, *argv):

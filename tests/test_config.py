@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from training.config import PROFILES, ConfigError, Mode, config_from_dict, make_config
+from core.config import PROFILES, ConfigError, Mode, config_from_dict, make_config
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def _train(out, data, nproc: int, extra=()) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BIOFLEXNET_DATA_DIR": str(data)}
-    cli = ["-m", "training.cli", "train", *TRAIN_ARGS, "--out", str(out), "--data-dir", str(data), *extra]
+    cli = ["-m", "bioflexnet.cli", "train", *TRAIN_ARGS, "--out", str(out), "--data-dir", str(data), *extra]
     if nproc == 1:
         cmd = [sys.executable, *cli]
     else:
@@ -67,7 +67,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
 
 @pytest.mark.parametrize("option", ["train.bf16=true", "train.channels_last=true"])
 def test_speed_options_train(tmp_path, option):
-    from training.config import make_config
+    from core.config import make_config
     from training.trainer import train_run
 
     data = write_fake_cifar(tmp_path / "data")

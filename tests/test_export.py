@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from export_helpers import random_export
-from training.config import make_config
+
+from core.config import make_config
+from core.export_format import FORMAT_VERSION, ExportError, read_export
 from training.export import build_export, fold_conv, reference_forward
-from training.export_format import FORMAT_VERSION, ExportError, read_export
 from training.models import SpikingVGG
 
 

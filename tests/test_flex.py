@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training import equations
-from training.config import MaskSigma
+from core import equations
+from core.config import MaskSigma
 from training.flex import PlasticFlexLayer, flat_time
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.config import Arch, MaskSigma, Mode, ModelConfig, Reset, Surrogate
 from training import fused
-from training.config import Arch, MaskSigma, Mode, ModelConfig, Reset, Surrogate
 from training.flex import PlasticFlexLayer
 from training.models import build_model
 from training.neurons import LIFParams, LIFState, lif_multistep

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_fake_cifar
 from export_helpers import random_export
+
+from bioflexnet.cli import main
+from core.runlock import LOCK_FILE, RunLock
 from training import data as cifar
-from training.cli import main
-from training.runlock import LOCK_FILE, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "smoke", "--mode", "stbp", "--set", "train.train_subset=0", "--set", "train.batch_size=40",
@@ -101,7 +101,7 @@ def test_second_writer_is_refused_naming_the_holder_and_a_stale_lock_is_taken_ov
     data, _ = tiny
     out_dir = tmp_path / "shared"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from training.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from core.runlock import RunLock; "
          f"RunLock({str(out_dir)!r}, 'train seed 1').acquire(); print('held', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -247,7 +247,7 @@ def _tamper(path: Path, change) -> None:
     (lambda h: h.update(run=[]), "run=[] must be an object"),
 ])
 def test_export_header_fields_are_checked_by_name(change, fragment, tmp_path, capsys):
-    from training.export_format import ExportError, read_export
+    from core.export_format import ExportError, read_export
 
     path = tmp_path / "run" / "export.npz"
     random_export(path, n_images=1)
@@ -272,7 +272,7 @@ def _garbage_root(tiny, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_garbage_metrics_named_by_figures_and_reproduce(tiny, tmp_path, capsys, monkeypatch):
-    import training.reproduce as rep
+    import bioflexnet.reproduce as rep
 
     root, run_dir = _garbage_root(tiny, tmp_path)
     bad = run_dir / "metrics.nc"
@@ -290,8 +290,8 @@ def test_garbage_metrics_named_by_figures_and_reproduce(tiny, tmp_path, capsys, 
 
 
 def test_the_named_command_regenerates_metrics(tiny, tmp_path, capsys, monkeypatch):
-    import training.reproduce as rep
-    from training.results import read_dataset
+    import bioflexnet.reproduce as rep
+    from core.results import read_dataset
 
     root, run_dir = _garbage_root(tiny, tmp_path)
     rc, out = _run(capsys, "train", "--out", run_dir, "--resume", "--data-dir", tiny[0])
@@ -308,7 +308,7 @@ def test_the_named_command_regenerates_metrics(tiny, tmp_path, capsys, monkeypat
 
 
 def test_unreadable_result_file_names_itself_and_its_command(tmp_path):
-    from training.results import ResultFileError, read_dataset
+    from core.results import ResultFileError, read_dataset
 
     (tmp_path / "robustness.nc").write_text("not netcdf")
     with pytest.raises(ResultFileError, match="bioflexnet reproduce --out"):

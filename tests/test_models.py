@@ -1,10 +1,9 @@
 """Model assembly: shapes, layer lists, normalisation inside the model, modes."""
 import pytest
 import torch
-
 from torch import nn
 
-from training.config import Arch, Downsample, Encoding, MaskMode, Mode, ModelConfig
+from core.config import Arch, Downsample, Encoding, MaskMode, Mode, ModelConfig
 from training.flex import PlasticFlexLayer
 from training.models import VGG_STAGES, ConvStage, build_model, parameter_count
 

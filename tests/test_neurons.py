@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from training.config import Reset
+from core.config import Reset
 from training.neurons import LIFParams, LIFState, initial_state, lif_multistep, lif_step
 from training.surrogate import ATan, Rectangle
 
@@ -75,7 +75,7 @@ def test_hybrid_has_no_gradient_through_time():
 
 
 def test_hybrid_model_cuts_time_but_keeps_layer_gradient():
-    from training.config import Mode, ModelConfig
+    from core.config import Mode, ModelConfig
     from training.models import Activation
 
     for mode, through_time in ((Mode.HYBRID, False), (Mode.STBP, True)):

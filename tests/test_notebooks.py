@@ -7,8 +7,8 @@ import pytest
 
 from analysis.figures import collect_runs
 from analysis.notebooks import NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
-from training.config import make_config
-from training.results import write_dataset
+from core.config import make_config
+from core.results import write_dataset
 from training.trainer import metrics_dataset
 
 

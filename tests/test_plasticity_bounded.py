@@ -9,9 +9,9 @@ check that this test can fail.
 import pytest
 import torch
 
+from core import equations
+from core.config import make_config
 from training import data as cifar
-from training import equations
-from training.config import make_config
 from training.models import build_model
 
 PAPER_UPDATES = 120 * (50_000 // 128)

@@ -1,8 +1,8 @@
 """End to end: `bioflexnet reproduce --profile smoke` trains six variants, simulates, analyses, plots."""
 import pytest
 
-from training.cli import main
-from training.results import read_dataset
+from bioflexnet.cli import main
+from core.results import read_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The device benchmark prints a table of medians and checks that the devices agree (no timed assertions)."""
 import pytest
-
 from export_helpers import random_export
+
 from sim import benchmark
 
 

@@ -1,9 +1,9 @@
 """The discrete -> biophysical mapping, and the biophysical network against exact mode."""
 import numpy as np
 import pytest
-from brian2 import Network, NeuronGroup, StateMonitor, mV, ms, prefs
-
+from brian2 import Network, NeuronGroup, StateMonitor, ms, mV, prefs
 from export_helpers import random_export
+
 from sim.biophysics import biophysical_to_discrete, discrete_to_biophysical, to_voltage
 from sim.results import class_agreement, spike_agreement
 from sim.simulate import SimError, SimOptions, simulate

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from bioflexnet.cli import main
+from core.results import read_dataset
 from sim.pipeline import run_stage
-from training.cli import main
-from training.results import read_dataset
 
 pytestmark = pytest.mark.brian
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from core.equations import channel_map_matrix
 from sim.analog import conv2d, max_pool2d
 from sim.connectivity import channel_map_connections, conv_connections, dense_matrix, pool_connections
-from training.equations import channel_map_matrix
 
 
 def _loop_conv(x, w, stride, pad):

@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from export_helpers import random_export
+
 from sim.devices import DeviceError, NoGPUError, check_device, device_session, gpu_available
 from sim.network import build_network
 from sim.simulate import SimOptions, make_timing, simulate

@@ -1,8 +1,8 @@
 """Exact mode: the Brian2 network reproduces the PyTorch forward of the export, spike for spike."""
 import numpy as np
 import pytest
-
 from export_helpers import random_export
+
 from sim.results import class_agreement, to_dataset
 from sim.simulate import SimError, SimOptions, simulate
 

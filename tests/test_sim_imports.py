@@ -4,7 +4,6 @@ import sys
 import textwrap
 
 import pytest
-
 from export_helpers import random_export
 
 
@@ -19,7 +18,7 @@ def test_sim_never_imports_torch(tmp_path):
             importlib.import_module("sim." + mod.name)
         from sim.results import to_dataset
         from sim.simulate import SimOptions, simulate
-        from training.export_format import read_export
+        from core.export_format import read_export
         export = read_export({str(path)!r})
         options = SimOptions(n_images=1)
         ds = to_dataset(simulate(export, options), export, options)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from export_helpers import random_export
+
 from sim.simulate import SimOptions, simulate
 from training.flex import PlasticFlexLayer
 

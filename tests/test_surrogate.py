@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from training.config import Surrogate
+from core.config import Surrogate
 from training.surrogate import ATan, Rectangle, Sigmoid, make_surrogate, spike
 
 SURROGATES = [ATan(2.0), ATan(0.7), Sigmoid(4.0), Sigmoid(1.5)]

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import torch
-
 from export_helpers import random_export
-from training.config import ConfigError, Reset, make_config
+
+from core.config import ConfigError, Reset, make_config
+from core.export_format import read_export, write_export
 from training.export import build_export, reference_forward
-from training.export_format import read_export, write_export
 from training.models import build_model
 from training.neurons import LIFParams, lif_multistep, lif_ticks, tick_params
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import make_config
 from training import trainer as trainer_mod
-from training.config import make_config
 from training.runs import CHECKPOINT
 from training.trainer import TrainingDiverged, train_run
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import make_config
 from training import trainer as trainer_mod
-from training.config import make_config
 from training.evaluation import evaluate_run
 from training.runs import RunDirError, load_checkpoint, load_model, read_metrics, save_checkpoint
 from training.trainer import TrainingDiverged, lr_at, train_run

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import Arch, Mode, ModelConfig
+from core.config import Arch, Mode, ModelConfig
 from training.models import CIFAR10_MEAN, CIFAR10_STD, build_model
 
 BETA, THETA, ALPHA = 0.5, 1.0, 2.0

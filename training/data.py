@@ -23,6 +23,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
+from core.errors import UserError
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
@@ -50,7 +52,7 @@ _BATCH_GLOBALS = frozenset({
 })
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset is missing, incomplete or unreadable."""
 
 

@@ -100,16 +100,3 @@ def cmd_data(args: argparse.Namespace) -> None:
         else:
             cifar._download(root)
     print("\n".join(verify(root)))
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="locate, prepare or download, and verify CIFAR-10",
-                       description=__doc__.splitlines()[0] + " Exit code 2 (with a line saying where to put the "
-                                                             "files) when the data cannot be had.")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="directory that holds cifar-10-batches-py/ (default $BIOFLEXNET_DATA_DIR or ./data)")
-    p.add_argument("--prepare-script", type=Path, default=None,
-                   help=f"preparation script to use when the files are absent (default {SHARED_SCRIPT} if it exists)")
-    p.add_argument("--no-prepare", action="store_true", help="never run a preparation script")
-    p.add_argument("--offline", action="store_true", help="never download; say where to put the files instead")
-    p.set_defaults(func=cmd_data)

@@ -1,6 +1,6 @@
 """Data-parallel training over several processes (``torchrun``, PyTorch DDP).
 
-    torchrun --standalone --nproc-per-node 8 -m training.cli train --profile paper --out runs/paper-ddp
+    torchrun --standalone --nproc-per-node 8 -m bioflexnet.cli train --profile paper --out runs/paper-ddp
 
 Each of the W ranks holds a full replica of the model and takes its contiguous
 ``1/W`` share of every global batch (``train.batch_size`` is the *global*

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from core.results import provenance, write_dataset
 from training import data as cifar
-from training.results import provenance, write_dataset
 from training.runs import load_model
 from training.trainer import evaluate
 

@@ -1,6 +1,6 @@
 """``bioflexnet export``: a trained run as a framework-free file for the Brian2 simulator.
 
-The file format is described in :mod:`training.export_format`. Batch-norm is
+The file format is described in :mod:`core.export_format`. Batch-norm is
 folded in float64 the way PyTorch evaluates it in inference,
 ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``: into the
 conv weights and a bias current for the conv path, and into a per-channel
@@ -11,7 +11,6 @@ plasticity off), so ``sim/`` can check its spikes without torch.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import equations
-from training.config import Mode, Reset, RunConfig
-from training.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spikes, write_export
+from core import equations
+from core.config import Mode, Reset, RunConfig
+from core.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spikes, write_export
+from core.results import file_sha256, provenance
 from training.flex import PlasticFlexLayer
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
 from training.neurons import LIFParams, lif_multistep, lif_ticks, tick_params
-from training.results import file_sha256, provenance
 
 EXPORT_FILE = "export.npz"
 DEFAULT_IMAGES = 128
@@ -257,7 +256,7 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
 def physics(beta: float, ticks: int) -> dict:
     """The physical reading of the trained dynamics (DESIGN.md §4, §6): what ``sim/`` simulates by default.
 
-    The membrane constants are :data:`training.equations.PHYSICS_DEFAULTS`; one step lasts
+    The membrane constants are :data:`core.equations.PHYSICS_DEFAULTS`; one step lasts
     ``tau_m ln(1/beta)``, a tick ``dt = step / K``; the refractory period is one step; synapses are delta
     synapses (a spike's charge arrives in the tick it is emitted).
     """
@@ -292,24 +291,3 @@ def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_I
     except ValueError as exc:
         raise RunDirError(f"{run_dir}: {exc}") from exc
     return write_export(out or Path(run_dir) / EXPORT_FILE, header, arrays)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a trained run as a framework-free file for the Brian2 simulator",
-                       description="Fold batch-norm, write weights, LIF and mask parameters and a float64 PyTorch "
-                                   "reference on the first N test images to one .npz file (see sim/).")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help=f"file to write (default RUN_DIR/{EXPORT_FILE})")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES,
-                   help=f"reference test images stored with their PyTorch spikes (default {DEFAULT_IMAGES})")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    from training.validate import output_file
-
-    output_file(args.out or Path(args.run_dir) / EXPORT_FILE)  # before the export's work
-    path = export_run(args.run_dir, args.out, args.images, args.data_dir)
-    print(f"{args.run_dir}: exported to {path} ({path.stat().st_size / 1e6:.1f} MB, "
-          f"{args.images} reference images)")

@@ -1,6 +1,6 @@
 """PlasticFlexLayer: a convolution and a max-pool mixed by a plastic mask.
 
-See :mod:`training.equations` for the equations. Multi-step layout: inputs
+See :mod:`core.equations` for the equations. Multi-step layout: inputs
 are ``[T', B, C, H, W]`` where ``T'`` is the number of steps or 1 (an input
 that is constant over time); the stateless convolution and pooling run once
 on the flattened ``[T'·B, ...]`` tensor, and the mask's time bias ``eta(t)``
@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import equations, fused
-from training.config import MaskMode, MaskSigma
+from core import equations
+from core.config import MaskMode, MaskSigma
+from training import fused
 
 # The conv path's BN starts at gamma = 1/m0 (see PlasticFlexLayer); m0 is floored so that a
 # strongly negative mask_init cannot turn the conv path's scale into 1/1e-3 = 1000.
@@ -144,7 +145,7 @@ def pathway_moments(conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
 
 
 def drives_from_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(r_sel, r_inv)`` per channel: :func:`training.equations.drive_from_moments` per step, mean over steps."""
+    """``(r_sel, r_inv)`` per channel: :func:`core.equations.drive_from_moments` per step, mean over steps."""
     drives = equations.drive_from_moments(moments[:, 0], moments[:, 1]).mean(1)
     return drives[0], drives[1]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.config import Reset
+from core.config import Reset
 from training.surrogate import SurrogateFn
 
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from training.config import Downsample, Encoding, Mode, ModelConfig
+from core.config import Downsample, Encoding, Mode, ModelConfig
 from training import fused
 from training.flex import PlasticFlexLayer, drives_from_moments, flat_time
 from training.neurons import LIFParams, TickParams, lif_multistep, lif_ticks

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from training.config import Reset
+from core.config import Reset
 from training.surrogate import SurrogateFn
 
 
@@ -120,8 +120,8 @@ class TickParams(NamedTuple):
 
 
 def tick_params(beta: float, ticks: int) -> TickParams:
-    """Decay and held-drive gain of one tick (see :func:`training.equations.tick_decay`)."""
-    from training.equations import tick_decay, tick_gain
+    """Decay and held-drive gain of one tick (see :func:`core.equations.tick_decay`)."""
+    from core.equations import tick_decay, tick_gain
 
     return TickParams(ticks, tick_decay(beta, ticks), tick_gain(beta, ticks))
 

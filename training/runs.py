@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from training.config import ConfigError, RunConfig, config_from_dict
+from core.config import ConfigError, RunConfig, config_from_dict
+from core.errors import UserError
+from core.results import atomic_path, read_dataset, write_json
 from training.models import SpikingVGG, build_model
-from training.results import atomic_path, read_dataset, write_json
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT = "checkpoint.pt"
@@ -30,7 +31,7 @@ METRICS = "metrics.nc"
 PROVENANCE = "provenance.json"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError, RuntimeError):
     """A run directory is missing, incomplete, corrupt or from another version."""
 
 

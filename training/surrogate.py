@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.config import Surrogate as SurrogateKind
+from core.config import Surrogate as SurrogateKind
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import Encoding, MaskMode
+from core.config import Encoding, MaskMode
 from training.flex import PlasticFlexLayer, drives_from_moments, flat_time, pathway_moments
 from training.neurons import tick_params
 

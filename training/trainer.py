@@ -26,17 +26,18 @@ import torch.nn.functional as F
 import xarray as xr
 from tqdm.auto import tqdm
 
+from core.config import ConfigError, RunConfig
+from core.errors import UserError
+from core.results import provenance, write_dataset, write_json
+from core.runlock import RunLock, describe_takeover, remove_stale_temps
 from training import data as cifar
 from training import distributed
-from training.config import ConfigError, RunConfig
 from training.models import ModelOutput, SpikingVGG, build_model, parameter_count
-from training.results import provenance, write_dataset, write_json
-from training.runlock import RunLock, describe_takeover, remove_stale_temps
 from training.runs import (CHECKPOINT, CONFIG, METRICS, PROVENANCE, RunDirError, load_checkpoint, run_config,
                            save_checkpoint, write_config)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
@@ -342,7 +343,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | Non
               resume: bool = False, progress: bool | None = None) -> xr.Dataset:
     """Train (or resume) one run; returns the per-epoch metrics.
 
-    The run directory is locked for the whole call (:class:`training.runlock.RunLock`: a second writer gets
+    The run directory is locked for the whole call (:class:`core.runlock.RunLock`: a second writer gets
     an error naming this process), and temporary files of writes interrupted earlier are removed first.
     """
     run_dir = Path(run_dir)

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import xarray as xr
 
+from core.errors import UserError
+
 NETCDF_ENGINE = "h5netcdf"
 
 
@@ -104,7 +106,7 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike) -> None:
         ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
 
 
-class ResultFileError(ValueError):
+class ResultFileError(UserError, ValueError):
     """A result file is missing or unreadable; the message names it and the command that writes it again."""
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from analysis.settings import ATTACKS, GRADIENTS, settings_for
-from training.config import PROFILES
+from core.config import PROFILES
 
 
 def epsilon(text: str) -> float:
@@ -39,8 +39,8 @@ def _common(p: argparse.ArgumentParser, default_name: str) -> None:
 
 def _settings(args: argparse.Namespace, kind: str):
     """The run's (or --profile's) preset with every given option replaced, validated again."""
+    from core.validate import output_file
     from training.runs import run_config
-    from training.validate import output_file
 
     if args.out is not None:
         output_file(args.out)  # before the analysis: a bad --out must not cost its run
@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(ds, path: Path, lines: list[str]) -> None:
-    from training.results import write_dataset
+    from core.results import write_dataset
 
     write_dataset(ds, path)
     print("\n".join(lines + [f"written to {path}"]))
@@ -110,7 +110,7 @@ def _write(ds, path: Path, lines: list[str]) -> None:
 def cmd_attack(args: argparse.Namespace) -> None:
     from analysis.report import robustness_lines
     from analysis.runner import ROBUSTNESS, attack_run
-    from training.cli import _device
+    from training.devices import torch_device as _device
 
     settings = _settings(args, "attack")
     ds = attack_run(args.run_dir, settings, data_dir=args.data_dir, device=_device(args.device),
@@ -121,7 +121,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
 def cmd_sparsity(args: argparse.Namespace) -> None:
     from analysis.report import sparsity_lines
     from analysis.runner import SPARSITY, sparsity_run
-    from training.cli import _device
+    from training.devices import torch_device as _device
 
     ds = sparsity_run(args.run_dir, _settings(args, "sparsity"), data_dir=args.data_dir, device=_device(args.device))
     _write(ds, args.out or args.run_dir / SPARSITY, sparsity_lines(ds))
@@ -130,7 +130,7 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
 def cmd_landscape(args: argparse.Namespace) -> None:
     from analysis.report import landscape_lines
     from analysis.runner import LANDSCAPE, landscape_run
-    from training.cli import _device
+    from training.devices import torch_device as _device
 
     ds = landscape_run(args.run_dir, _settings(args, "landscape"), data_dir=args.data_dir, device=_device(args.device))
     _write(ds, args.out or args.run_dir / LANDSCAPE, landscape_lines(ds))

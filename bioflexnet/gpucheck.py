@@ -48,13 +48,13 @@ def say(stage: str, text: str) -> None:
 
 def stage_brian2(args, out: Path) -> dict:
     """cuda_standalone (dry: cpp_standalone) vs runtime on the quick flex-stbp export."""
+    from core.export_format import read_export
     from sim.simulate import SimOptions, simulate
     from training.export import export_run
-    from training.export_format import read_export
 
     run = QUICK_RUN if (QUICK_RUN / "checkpoint.pt").is_file() else out / "flex-stbp-smoke"
     if not (run / "checkpoint.pt").is_file():
-        from training.config import make_config
+        from core.config import make_config
         from training.trainer import train_run
         overrides = ["train.train_subset=256", "train.batch_size=32"] if args.dry_run else []
         say("brian2", f"no quick run found; training a smoke flex-stbp run in {run}")
@@ -82,7 +82,7 @@ def stage_brian2(args, out: Path) -> dict:
 
 def stage_throughput(args, device: str) -> dict:
     """Training images/s of flex and vgg at the paper's size (dry: tiny), bf16, channels-last."""
-    from training.config import Arch, Mode, ModelConfig
+    from core.config import Arch, Mode, ModelConfig
     from training.models import build_model
 
     arch, width, steps, batch, n_steps = ((Arch.VGG5, 1 / 16, 2, 8, 2) if args.dry_run
@@ -127,7 +127,7 @@ def stage_throughput(args, device: str) -> dict:
 
 def stage_train(args, device: str, clock: Clock, out: Path) -> dict:
     """A short flex-stbp run sized to the remaining budget."""
-    from training.config import make_config
+    from core.config import make_config
     from training.trainer import train_run
 
     if args.dry_run:
@@ -162,7 +162,7 @@ def _sync(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.gpucheck", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bioflexnet.gpucheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="every code path at tiny size on the CPU")
     p.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
     p.add_argument("--data-dir", type=Path, default=None)

@@ -7,7 +7,7 @@ left by a killed process is *stale*: the next writer finds the ``flock`` free,
 says whose lock it takes over, and writes its own pid. A second writer while
 the owner lives gets :class:`LockHeld`, naming the holder.
 
-Atomic writes (:func:`training.results.atomic_path`) go through temporary
+Atomic writes (:func:`core.results.atomic_path`) go through temporary
 files ``.<stem>.<random>.tmp<suffix>``; a process killed mid-write leaves one
 behind. :func:`remove_stale_temps` deletes them; the lock's owner calls it on
 start, when no other process can be writing there. Torch-free.
@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: fall back to the pid check alone
@@ -32,7 +34,7 @@ LOCK_FILE = ".bioflexnet.lock"
 TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 
 
-class LockHeld(RuntimeError):
+class LockHeld(UserError, RuntimeError):
     """Another live process writes this run directory."""
 
 

@@ -16,12 +16,14 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from core.errors import UserError
+
 CONFIG_FORMAT = 1
 SEED_MAX = 2**32 - 1  # seeds are combined with epoch offsets into torch's 64-bit generator seeds
 INT_LIMIT = 2**31 - 1  # no count in a config comes near this; larger values only overflow torch/numpy later
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
@@ -95,7 +97,7 @@ class ModelConfig:
     (m = 1), ``plasticity_rate=0`` (no plasticity); ``downsample=maxpool`` with
     ``flex=False`` is the classic max-pool VGG (no neurons on its pools).
 
-    Plasticity (:mod:`training.equations`): after each step
+    Plasticity (:mod:`core.equations`): after each step
     ``b <- (1 - plasticity_decay) b + plasticity_rate (r_sel - r_inv)``; the
     drives lie in [0, 1], so ``|b| <= plasticity_rate / plasticity_decay``.
     """

@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from training.config import make_config
-from training.results import provenance, write_dataset
+from core.config import make_config
+from core.results import provenance, write_dataset
 
 # (flex, mode), most expensive first so parallel workers finish together
 VARIANTS: tuple[tuple[bool, str], ...] = (
@@ -59,7 +59,7 @@ def variant_name(flex: bool, mode: str) -> str:
 
 def _train_command(profile: str, flex: bool, mode: str, seed: int, run_dir: Path, data_dir: Path | None,
                    device: str, overrides: Sequence[str], resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "training.cli", "train", "--profile", profile, "--mode", mode,
+    cmd = [sys.executable, "-m", "bioflexnet.cli", "train", "--profile", profile, "--mode", mode,
            "--flex" if flex else "--no-flex", "--seed", str(seed), "--out", str(run_dir), "--device", device]
     for item in overrides:
         cmd += ["--set", item]

@@ -1,6 +1,6 @@
 """``bioflexnet sim``: simulate an exported run in Brian2 and check it against PyTorch.
 
-This module is imported by ``training.cli`` to register the command; it
+This module is imported by ``bioflexnet.cli`` to register the command; it
 imports Brian2 only when the command runs, and never torch.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from training.validate import finite_float, output_dir, seed_int
+from core.validate import finite_float, output_dir, seed_int
 
 EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
 RESULT_FILE = "sim.nc"
@@ -68,12 +68,12 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
     # brian2 imports setuptools' MSVC helper, which warns on every Linux run; not actionable for users
     warnings.filterwarnings("ignore", message="_get_vc_env is private", category=UserWarning)
+    from core.errors import CLIError
+    from core.export_format import ExportError, read_export
+    from core.results import write_dataset
     from sim.devices import DeviceError
     from sim.results import to_dataset
     from sim.simulate import SimError, SimOptions, simulate
-    from training.cli import CLIError
-    from training.export_format import ExportError, read_export
-    from training.results import write_dataset
 
     out = args.out or (args.run_dir.parent if args.run_dir.suffix == ".npz" else args.run_dir) / "sim"
     output_dir(out)  # before the simulation: a bad --out must not cost its run

@@ -1,51 +1,22 @@
-"""``bioflexnet`` command line.
+"""``bioflexnet`` command line: the one entry point of the project (the console script).
 
-Subcommands of this package: ``train``, ``evaluate``, ``reproduce``. The
-``sim`` and ``analysis`` packages add theirs through a ``register(subparsers)``
-function in their ``cli`` module (listed in :data:`EXTENSIONS`).
+Every subcommand is declared here or in this package's :mod:`bioflexnet.sim_cli`
+and :mod:`bioflexnet.analysis_cli`; each imports the package that does the work
+(``training``, ``sim``, ``analysis``) only when it runs, so ``bioflexnet --help``
+and ``bioflexnet sim`` never load torch.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
-from training.config import PROFILES, Arch, ConfigError, Mode, make_config
-from training.validate import PathError, int_in, output_dir, positive_int, seed_int
+from bioflexnet import analysis_cli, sim_cli
+from core.config import PROFILES, Arch, Mode, make_config
+from core.errors import CLIError, UserError
+from core.validate import PathError, int_in, output_dir, positive_int, seed_int
 
-EXTENSIONS = ("training.export", "training.datacmd", "sim.cli", "analysis.cli", "analysis.notebooks")
 EXIT_USER_ERROR = 2
-
-
-class CLIError(RuntimeError):
-    """A user error the CLI reports in one line, without a traceback."""
-
-
-def _device(name: str) -> str:
-    """``auto`` resolved; any other name checked against the devices this machine's torch can use."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto.") from None
-    if dev.type == "cpu":
-        return name
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise CLIError(f"--device {name}: {why} (torch {torch.__version__}); use --device cpu or auto.")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise CLIError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}.")
-        return name
-    if dev.type == "mps" and torch.backends.mps.is_available():
-        return name
-    raise CLIError(f"--device {name}: {dev.type} is not available to bioflexnet on this machine; use cpu, cuda, "
-                   "cuda:N or auto.")
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -75,12 +46,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from training.data import resolve_data_dir
+    from training.devices import torch_device
     from training.runs import CHECKPOINT, run_config
     from training.trainer import train_run
 
     output_dir(args.out)
     resolve_data_dir(args.data_dir)
-    device = _device(args.device)
+    device = torch_device(args.device)
     if args.init_from is not None:
         if args.resume:
             raise CLIError("--init-from starts a new run from another run's weights; --resume continues this one. "
@@ -115,9 +87,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from training.data import resolve_data_dir
+    from training.devices import torch_device
     from training.evaluation import evaluate_run
 
-    device = _device(args.device)
+    device = torch_device(args.device)
     resolve_data_dir(args.data_dir)
     ds = evaluate_run(args.run_dir, data_dir=args.data_dir, device=device, batch_size=args.batch_size)
     print(f"{args.run_dir}: test accuracy {float(ds.test_accuracy):.4f}, test loss {float(ds.test_loss):.4f} "
@@ -144,14 +117,15 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from training.devices import torch_device
+    from bioflexnet.reproduce import reproduce
+    from core.runlock import RunLock, describe_takeover, remove_stale_temps
     from training.data import resolve_data_dir
-    from training.reproduce import reproduce
-    from training.runlock import RunLock, describe_takeover, remove_stale_temps
 
     root = output_dir(args.out or Path("runs") / args.profile)
     make_config(args.profile, overrides=args.overrides)  # every --set value checked before anything starts
     resolve_data_dir(args.data_dir)
-    device = _device(args.device)
+    device = torch_device(args.device)
     # one reproduce per root (each training job also locks its own run directory)
     with RunLock(root) as lock:
         notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
@@ -161,6 +135,69 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             print(line, flush=True)
         reproduce(args.profile, root, seeds=args.seeds, jobs=args.jobs, data_dir=args.data_dir, device=device,
                   overrides=args.overrides, ablations=args.ablations)
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained run as a framework-free file for the Brian2 simulator",
+                       description="Fold batch-norm, write weights, LIF and mask parameters and a float64 PyTorch "
+                                   "reference on the first N test images to one .npz file (see sim/).")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="file to write (default RUN_DIR/export.npz)")
+    p.add_argument("--images", type=positive_int, default=128,
+                   help="reference test images stored with their PyTorch spikes (default 128)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from core.validate import output_file
+    from training.export import EXPORT_FILE, export_run
+
+    output_file(args.out or Path(args.run_dir) / EXPORT_FILE)  # before the export's work
+    path = export_run(args.run_dir, args.out, args.images, args.data_dir)
+    print(f"{args.run_dir}: exported to {path} ({path.stat().st_size / 1e6:.1f} MB, "
+          f"{args.images} reference images)")
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="locate, prepare or download, and verify CIFAR-10",
+                       description="Locate CIFAR-10, prepare or download it if absent, verify every file. Exit code 2 "
+                                   "(with a line saying where to put the files) when the data cannot be had.")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="directory that holds cifar-10-batches-py/ (default $BIOFLEXNET_DATA_DIR or ./data)")
+    p.add_argument("--prepare-script", type=Path, default=None,
+                   help="preparation script to use when the files are absent (default "
+                        "../shared/data/cifar10/prepare_cifar10.py if it exists)")
+    p.add_argument("--no-prepare", action="store_true", help="never run a preparation script")
+    p.add_argument("--offline", action="store_true", help="never download; say where to put the files instead")
+    p.set_defaults(func=cmd_data)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from training.datacmd import cmd_data as run
+
+    run(args)
+
+
+def add_figures(sub: argparse._SubParsersAction) -> None:
+    from analysis.notebooks import NOTEBOOKS
+
+    p = sub.add_parser("figures", help="regenerate the paper figures with papermill",
+                       description="Execute the notebooks in notebooks/ on the results under ROOT.")
+    p.add_argument("root", type=Path, help="output root of `bioflexnet reproduce` (e.g. runs/quick)")
+    p.add_argument("--out", type=Path, default=None, help="figure directory (default ROOT/figures)")
+    p.add_argument("--only", nargs="+", choices=sorted(NOTEBOOKS), default=None)
+    p.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from analysis.notebooks import run_notebooks
+
+    if not args.root.is_dir():
+        raise CLIError(f"{args.root} is not a directory; give the output root of `bioflexnet reproduce` "
+                       "(e.g. runs/quick).")
+    output_dir(args.out or args.root / "figures")
+    run_notebooks(args.root, args.out, args.only)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -176,24 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_evaluate(sub)
     add_reproduce(sub)
-    for name in EXTENSIONS:
-        module = importlib.import_module(name)
-        module.register(sub)
+    add_export(sub)
+    add_data(sub)
+    sim_cli.register(sub)
+    analysis_cli.register(sub)
+    add_figures(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.data import DataError
-    from training.results import ResultFileError
-    from training.runlock import LockHeld
-    from training.runs import RunDirError
-    from training.trainer import TrainingDiverged
-
     try:
         args.func(args)
-    except (ConfigError, DataError, RunDirError, TrainingDiverged, CLIError, LockHeld, PathError,
-            ResultFileError) as exc:
+    except UserError as exc:
         print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

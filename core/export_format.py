@@ -45,7 +45,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from training.results import atomic_path
+from core.errors import UserError
+from core.results import atomic_path
 
 FORMAT_NAME = "bioflexnet-export"
 FORMAT_VERSION = 2  # 2: scale-free pathway drives and model.plasticity_decay (bounded plasticity rule)
@@ -55,7 +56,7 @@ SIGMAS = ("hard", "logistic")
 ENCODINGS = ("direct", "poisson")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export file is missing, truncated, malformed or from a newer version."""
 
 
@@ -115,9 +116,9 @@ class Export:
     def physics(self) -> dict[str, Any]:
         """Physical parameters of the trained dynamics (``tau_m_ms``, ``v_rest_mv``, ``v_threshold_mv``, ...).
 
-        Exports that predate the field get the defaults of :data:`training.equations.PHYSICS_DEFAULTS`.
+        Exports that predate the field get the defaults of :data:`core.equations.PHYSICS_DEFAULTS`.
         """
-        from training.equations import PHYSICS_DEFAULTS
+        from core.equations import PHYSICS_DEFAULTS
 
         return {**PHYSICS_DEFAULTS, **self.header.get("physics", {})}
 

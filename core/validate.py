@@ -12,12 +12,14 @@ import math
 import os
 from pathlib import Path
 
+from core.errors import UserError
+
 # integer options end up in numpy / torch int64 arithmetic (seeds are multiplied by epoch offsets)
 SEED_MAX = 2**32 - 1
 INT_MAX = 2**31 - 1
 
 
-class PathError(ValueError):
+class PathError(UserError, ValueError):
     """An output path cannot be a directory, or an input path is the wrong kind of file."""
 
 
