@@ -13,14 +13,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from core.variants import Variant
+
 MODES = ("ann", "hybrid", "stbp")
-FAMILY_STYLE = {"vgg": {"color": "tab:blue", "label": "VGG"}, "flex": {"color": "tab:red", "label": "BioFlexNet"}}
+FAMILY_STYLE = {"vgg": {"color": "tab:blue", "label": "VGG"}, "flex": {"color": "tab:red", "label": "BioFlexNet"},
+                "vggmp": {"color": "tab:cyan", "label": "VGG (max-pool)"}}
 
 
 def collect_runs(root: str | os.PathLike, filename: str) -> xr.Dataset:
     """Every ``ROOT/<variant>/seed<N>/<filename>`` combined along ``variant`` and ``seed``
-    (:func:`analysis.combine.combine_files`)."""
-    from analysis.combine import combine_files
+    (:func:`core.combine.combine_files`)."""
+    from core.combine import combine_files
 
     paths = sorted(p for p in Path(root).glob(f"*/seed*/{filename}") if not p.parts[-3].startswith("ablation-"))
     if not paths:
@@ -244,29 +247,38 @@ def plot_landscapes(land: xr.Dataset, modes: tuple[str, ...] = ("hybrid", "stbp"
     return fig
 
 
+def _runs(da: xr.DataArray) -> list[tuple[str, int]]:
+    """The (variant, seed) pairs of a variant x seed result that hold data (a run not simulated is all NaN)."""
+    other = [d for d in da.dims if d not in ("variant", "seed")]
+    have = da.notnull().any(other) if other else da.notnull()
+    return [(str(v), int(s)) for v in da.variant.values for s in da.seed.values
+            if bool(have.sel(variant=v, seed=s))]
+
+
 def plot_fidelity(summary: xr.Dataset, plastic: xr.Dataset | None = None) -> plt.Figure:
     """Brian2 vs PyTorch: exact-mode spike agreement per layer, class agreement per simulation, and the
     flex masks' trajectories under online plasticity (``plastic``: a ``sim.nc`` run with ``--plasticity``)."""
     ncols = 3 if plastic is not None else 2
     fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.2))
-    runs = list(summary.run.values)
+    runs = _runs(summary.class_agreement)
     width = 0.8 / max(1, len(runs))
     layers = list(summary.layer.values)
-    for k, run in enumerate(runs):
-        agree = summary.spike_agreement.sel(run=run).values
-        color = FAMILY_STYLE[str(run).split("-")[0]]["color"]
-        axes[0].bar(np.arange(len(layers)) + (k - (len(runs) - 1) / 2) * width, agree, width, label=run, color=color,
-                    alpha=1.0 if "stbp" in str(run) else 0.5)
+    for k, (variant, seed) in enumerate(runs):
+        agree = summary.spike_agreement.sel(variant=variant, seed=seed).values
+        color = FAMILY_STYLE[Variant.parse(variant).family]["color"]
+        axes[0].bar(np.arange(len(layers)) + (k - (len(runs) - 1) / 2) * width, agree, width,
+                    label=f"{variant}/seed{seed}", color=color, alpha=1.0 if "stbp" in str(variant) else 0.5)
     axes[0].set_xticks(np.arange(len(layers)), layers, rotation=45)
     axes[0].set_ylim(min(0.9, float(np.nanmin(summary.spike_agreement))) - 0.01, 1.005)
     axes[0].set_ylabel("spike agreement (exact mode)")
     axes[0].set_title("Brian2 vs PyTorch spikes per layer")
     axes[0].legend(fontsize=7)
     sims = list(summary.simulation.values)
-    for k, run in enumerate(runs):
-        color = FAMILY_STYLE[str(run).split("-")[0]]["color"]
+    for k, (variant, seed) in enumerate(runs):
+        color = FAMILY_STYLE[Variant.parse(variant).family]["color"]
         axes[1].bar(np.arange(len(sims)) + (k - (len(runs) - 1) / 2) * width,
-                    summary.class_agreement.sel(run=run).values, width, label=run, color=color)
+                    summary.class_agreement.sel(variant=variant, seed=seed).values, width,
+                    label=f"{variant}/seed{seed}", color=color)
     axes[1].set_xticks(np.arange(len(sims)), sims, rotation=30, ha="right")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_ylabel("class agreement with PyTorch")
@@ -321,13 +333,13 @@ def plot_convergence(conv: xr.Dataset) -> plt.Figure:
     ``dt = step / K``, one line per model; the trained ``K`` of each model is marked with a ring."""
     fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.2))
     ks = np.asarray(conv.substeps.values)
-    for model in conv.model.values:
-        row = conv.sel(model=model)
+    for variant, seed in _runs(conv.class_agreement):
+        row = conv.sel(variant=variant, seed=seed)
         trained = int(row.trained_ticks)
-        family = str(model).split("-")[0]
+        family = Variant.parse(variant).family
         style = {"color": FAMILY_STYLE.get(family, {"color": None})["color"], "marker": "o",
                  "ls": "-" if trained > 1 else "--"}
-        label = f"{model} (trained K={trained})"
+        label = f"{variant}/seed{seed} (trained K={trained})"
         for ax, var in zip(axes, ("class_agreement", "accuracy")):
             y = row[var].values
             ok = np.isfinite(y)

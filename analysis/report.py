@@ -43,3 +43,25 @@ def landscape_lines(ds: xr.Dataset) -> list[str]:
             f"{ds.sizes['beta']} grid [{float(ds.loss.min()):.3f}, {float(ds.loss.max()):.3f}]",
             f"top Hessian eigenvalue {float(ds.hessian_top_eigenvalue):.4g} ({int(ds.hessian_iterations)} power "
             f"iterations, asymmetry {float(ds.hessian_asymmetry):.2g}); gradient: {ds.attrs['gradient']}"]
+
+
+def results_table(rob: xr.Dataset, spa: xr.Dataset, land: xr.Dataset) -> str:
+    """One row per variant and seed: AUCs, worst case, sanity verdict, firing rate, energy, Hessian."""
+    attacks = [a for a in ("fgsm", "pgd_last", "spgd") if a in rob.attack.values]  # the paper protocol
+    head = (f"\n{'variant':<12} {'seed':>4} {'clean':>6} " + " ".join(f"{'AUC ' + a:>12}" for a in attacks) +
+            f" {'worst@8/255':>11} {'rate':>7} {'energy uJ':>9} {'ANN uJ':>7} {'Hessian':>8}  sanity")
+    rows = [head]
+    for v in rob.variant.values:
+        for s in rob.seed.values:
+            r, p, lnd = rob.sel(variant=v, seed=s), spa.sel(variant=v, seed=s), land.sel(variant=v, seed=s)
+            if bool(r.clean_accuracy.isnull()):
+                continue
+            worst = "-"
+            if "worst" in rob.attack.values:  # 8/255 is a point of every grid (AttackSettings checks it)
+                worst = f"{float(r.worst_accuracy_8_255):.3f}"
+            rows.append(f"{v:<12} {int(s):>4} {float(r.clean_accuracy):6.3f} " +
+                        " ".join(f"{float(r.auc.sel(attack=a)):12.4f}" for a in attacks) +
+                        f" {worst:>11} {float(p.network_firing_rate):7.4f} {float(p.total_energy) / 1e6:9.3f} "
+                        f"{float(p.ann_energy) / 1e6:7.3f} {float(lnd.hessian_top_eigenvalue):8.3g}  "
+                        f"{r.sanity_verdict.item()}")
+    return "\n".join(rows)

@@ -18,6 +18,7 @@ from analysis.settings import AttackSettings, LandscapeSettings, SparsitySetting
 from analysis.sparsity import sparsity
 from core.config import Mode, RunConfig
 from core.results import file_sha256, provenance
+from core.variants import RunLayout
 from training.data import Split, load_split
 from training.models import SpikingVGG
 from training.runs import CHECKPOINT, RunDirError, load_model
@@ -43,7 +44,7 @@ def run_attrs(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
 
 def default_twin_dir(run_dir: str | os.PathLike, cfg: RunConfig) -> Path:
     """The ANN twin's conventional place: ``RUN_DIR/../../{flex|vgg}-ann/seed<N>`` (the layout of ``reproduce``)."""
-    return Path(run_dir).resolve().parent.parent / f"{'flex' if cfg.model.flex else 'vgg'}-ann" / f"seed{cfg.seed}"
+    return RunLayout(Path(run_dir).resolve().parent.parent).run_dir(cfg.variant.ann_twin, cfg.seed)
 
 
 def load_twin(twin_dir: str | os.PathLike, cfg: RunConfig, device: str) -> SpikingVGG:

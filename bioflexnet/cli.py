@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bioflexnet import analysis_cli, sim_cli
+from bioflexnet import analysis_cli, combine, sim_cli
 from core.config import PROFILES, Arch, Mode, make_config
 from core.errors import CLIError, UserError
 from core.validate import PathError, int_in, output_dir, positive_int, seed_int
@@ -35,6 +35,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="override one config field, e.g. model.time_steps=4 or train.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its checkpoint.pt (the checkpoint's config is used)")
+    p.add_argument("--continue", dest="proceed", action="store_true",
+                   help="resume the run in --out if its checkpoint has exactly this config and is unfinished; "
+                        "otherwise start it afresh, keeping an existing checkpoint as checkpoint.previous.pt "
+                        "(what the reproduce pipeline runs)")
     p.add_argument("--init-from", type=Path, default=None, metavar="RUN_DIR",
                    help="start from the trained weights of RUN_DIR (same architecture), e.g. to fine-tune a "
                         "K = 1 run at --set model.ticks=4; sets train.init_from")
@@ -73,7 +77,30 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = make_config(args.profile or "quick", arch=args.model, mode=args.mode,
                           flex=True if args.flex is None else args.flex,
                           seed=0 if args.seed is None else args.seed, overrides=args.overrides)
-    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=args.resume)
+    resume = args.resume
+    if args.proceed and not args.resume and (args.out / CHECKPOINT).is_file():
+        resume = _continue(args.out, cfg)
+    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=resume)
+
+
+def _continue(run_dir: Path, cfg) -> bool:
+    """``train --continue``: True to resume; else the old checkpoint is set aside and the run starts afresh."""
+    from training.runs import CHECKPOINT, RunDirError, load_checkpoint, run_config
+
+    try:
+        state = load_checkpoint(run_dir)
+        same = run_config(state) == cfg
+    except (RunDirError, UserError):
+        state, same = None, False
+    if same and int(state["epoch"]) < cfg.train.epochs:
+        print(f"{run_dir}: continuing from epoch {int(state['epoch'])} of its checkpoint", flush=True)
+        return True
+    why = "its config differs" if state is not None and not same else \
+        "it is finished, and the code or its inputs changed since" if state is not None else "it cannot be read"
+    old = run_dir / CHECKPOINT
+    old.replace(run_dir / "checkpoint.previous.pt")
+    print(f"{run_dir}: training afresh ({why}); the old checkpoint is kept as checkpoint.previous.pt", flush=True)
+    return False
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -99,8 +126,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="train every paper variant of a profile, then simulate, analyse, plot",
-                       description="Train the six variants {vgg, flex} x {ann, hybrid, stbp} (in parallel "
-                                   "processes), then the Brian2 simulation, the analyses and the figure notebooks.")
+                       description="The whole reproduction as a Snakemake workflow (bioflexnet/workflow/Snakefile): "
+                                   "train the six variants {vgg, flex} x {ann, hybrid, stbp} for every seed, export "
+                                   "and simulate the stbp twins in Brian2, analyse every run, combine the tables, run "
+                                   "the figure notebooks. Finished jobs are reused; jobs whose inputs, parameters or "
+                                   "code changed run again.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
     p.add_argument("--seeds", type=seed_int, nargs="+", default=[0],
@@ -108,33 +138,60 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablations", action="store_true",
                    help="also train the ablations (lambda = 0, mask = 1, no 3x3 pool path, down-sampling neurons "
                         "off, classic max-pool VGG) in stbp mode for every seed; table in ROOT/ablations.md")
-    p.add_argument("--jobs", type=int_in(1, 256), default=None,
-                   help="parallel training processes (default: CPU cores, at most 6)")
+    p.add_argument("--jobs", type=int_in(1, 1024), default=None,
+                   help="CPU cores Snakemake may use at once (default: all of this machine's)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="list every job and why it would run; run nothing")
+    p.add_argument("--cluster", choices=["slurm"], default=None,
+                   help="run the jobs on a cluster through Snakemake's executor plugin (profile "
+                        "bioflexnet/workflow/profiles/slurm; adapt its partitions first)")
+    p.add_argument("--cluster-profile", type=Path, default=None, metavar="DIR",
+                   help="a Snakemake profile folder of your own (holds config.yaml) instead of the bundled one")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--snakemake", nargs=argparse.REMAINDER, default=[], metavar="ARG",
+                   help="everything after it goes to snakemake unchanged (e.g. --snakemake --forceall)")
     p.set_defaults(func=cmd_reproduce)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from training.devices import torch_device
-    from bioflexnet.reproduce import reproduce
+    from bioflexnet.plan import Plan
+    from bioflexnet.reproduce import brian_device, reproduce
     from core.runlock import RunLock, describe_takeover, remove_stale_temps
-    from training.data import resolve_data_dir
 
-    root = output_dir(args.out or Path("runs") / args.profile)
-    make_config(args.profile, overrides=args.overrides)  # every --set value checked before anything starts
-    resolve_data_dir(args.data_dir)
-    device = torch_device(args.device)
-    # one reproduce per root (each training job also locks its own run directory)
-    with RunLock(root) as lock:
-        notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
-                                             "interrupted write" for d in (root, root / "figures")
-                                             for p in remove_stale_temps(d)]
-        for line in filter(None, notes):
-            print(line, flush=True)
-        reproduce(args.profile, root, seeds=args.seeds, jobs=args.jobs, data_dir=args.data_dir, device=device,
-                  overrides=args.overrides, ablations=args.ablations)
+    root = args.out or Path("runs") / args.profile
+    if args.dry_run:
+        device = "cpu" if args.device == "auto" else args.device
+    else:
+        from training.data import resolve_data_dir
+        from training.devices import torch_device
+
+        output_dir(root)
+        resolve_data_dir(args.data_dir)
+        device = torch_device(args.device)
+    try:
+        plan = Plan(profile=args.profile, seeds=tuple(args.seeds), ablations=args.ablations,
+                    overrides=tuple(args.overrides), device=device, brian_device=brian_device(device),
+                    data_dir=str(args.data_dir.resolve()) if args.data_dir else None,
+                    **({"cores": args.jobs} if args.jobs else {}))
+    except ValueError as exc:  # ConfigError (a UserError) passes through; a bad seed list lands here
+        raise CLIError(str(exc)) from None
+    cluster = dict(cluster=args.cluster, cluster_profile=args.cluster_profile)
+    if args.dry_run:
+        rc = reproduce(plan, root, dry_run=True, extra=args.snakemake, **cluster)
+    else:
+        # one reproduce per root (Snakemake also locks it; each training locks its own run directory)
+        with RunLock(root) as lock:
+            notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
+                                                 "interrupted write" for d in (root, root / "figures")
+                                                 for p in remove_stale_temps(d)]
+            for line in filter(None, notes):
+                print(line, flush=True)
+            rc = reproduce(plan, root, extra=args.snakemake, **cluster)
+    if rc != 0:
+        raise CLIError(f"the workflow stopped (snakemake exit {rc}); the failed job's log is printed above and "
+                       f"kept in its run directory under {root}. Fix the cause and run the same command again: "
+                       "finished jobs are reused.")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -218,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.register(sub)
     analysis_cli.register(sub)
     add_figures(sub)
+    combine.register(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from core.variants import Variant
 from core.validate import finite_float, output_dir, seed_int
 
 EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
@@ -94,7 +95,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
         result = simulate(export, options)
     except (ExportError, SimError, DeviceError) as exc:
         raise CLIError(str(exc)) from exc
-    if result is None:
+    if not result.ran:
         print(f"{args.device}: project generated and compiled in {options.build_dir} (--build-only; not run).")
         return
     ds = to_dataset(result, export, options, keep_spikes=args.keep_spikes)
@@ -106,7 +107,8 @@ def cmd_sim(args: argparse.Namespace) -> None:
 def summary(ds, header: dict) -> str:
     """A few lines: per-layer spike agreement, class agreement, accuracy and wall time."""
     m = header["model"]
-    variant = f"{'flex' if m.get('flex') else 'vgg'}-{m.get('mode')} ({m.get('arch')}, T={m['steps']})"
+    variant = (f"{Variant.of(bool(m.get('flex')), m['mode'], m.get('downsample') == 'maxpool')} "
+               f"({m.get('arch')}, T={m['steps']})")
     lines = [f"{variant}: {ds.attrs['mode']} mode on {ds.attrs['device']}, {ds.attrs['n_images']} images, "
              f"plasticity {'on' if ds.attrs['plasticity'] == 'True' else 'off'}, dt = {ds.attrs['dt_ms']:.4g} ms"
              + (f", {ds.attrs['synapse']} synapses" if "synapse" in ds.attrs else ""),

@@ -232,9 +232,11 @@ class RunConfig:
         _check(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"must be an integer in [0, {SEED_MAX}]")
 
     @property
-    def variant(self) -> str:
-        """Short name such as ``flex-stbp`` or ``vgg-ann``."""
-        return f"{self.model.family}-{self.model.mode.value}"
+    def variant(self):
+        """The :class:`core.variants.Variant` (a ``str``: ``flex-stbp``, ``vgg-ann``, ...)."""
+        from core.variants import Variant  # core.variants builds on this module
+
+        return Variant(self.model.family, self.model.mode)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))

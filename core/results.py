@@ -102,6 +102,9 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None) ->
 
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike) -> None:
     """Write an xarray Dataset to netCDF (h5netcdf) atomically."""
+    ds = ds.copy()
+    for obj in (ds, *ds.variables.values()):  # a str subclass (core.variants.Variant) as the plain str netCDF takes
+        obj.attrs = {k: str(v) if isinstance(v, str) else v for k, v in obj.attrs.items()}
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
 

@@ -11,7 +11,9 @@ Modules, in the order data flows through them:
 * :mod:`sim.devices`: runtime / cpp_standalone / cuda_standalone sessions.
 * :mod:`sim.simulate`: the entry point, ``simulate(export, options)``.
 * :mod:`sim.results`: fidelity figures and the ``sim.nc`` Dataset.
-* :mod:`sim.cli`, :mod:`sim.pipeline`: ``bioflexnet sim`` and the ``reproduce`` stage.
+* :mod:`sim.summary`: the fidelity and convergence tables of a reproduction (variant x seed).
+
+The ``bioflexnet sim`` command is in :mod:`bioflexnet.sim_cli`.
 
 Nothing is imported here, so ``import sim`` does not load Brian2.
 """

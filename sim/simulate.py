@@ -50,6 +50,9 @@ class SimOptions:
 
 
 class SimResult(NamedTuple):
+    """What a simulation gives; with ``--build-only`` (``ran`` False) the arrays are empty and only the
+    build timings are filled."""
+
     spikes: dict[str, np.ndarray]  # neuron layer -> bool [N, T, C, H, W] (fired during that step)
     masks: dict[str, dict[str, np.ndarray]]  # flex layer -> {mbar, b, rs, ri: [N, T*K, C]}
     logits: np.ndarray  # [N, classes] read-out at the end of each image
@@ -57,6 +60,7 @@ class SimResult(NamedTuple):
     timing: Timing
     timings: dict[str, float]  # seconds
     spike_ticks: dict[str, np.ndarray] | None = None  # neuron layer -> [N, T, C, H, W] tick of the step's first spike (K: none)
+    ran: bool = True  # False: the standalone project was generated and compiled, not run (build_only)
 
 
 def make_timing(export: Export, options: SimOptions) -> Timing:
@@ -147,8 +151,9 @@ def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> t
     return spikes, masks, logits, latency, spike_ticks
 
 
-def simulate(export: Export, options: SimOptions) -> SimResult | None:
-    """Build and run the network on ``options.device``; ``None`` if the project was only built.
+def simulate(export: Export, options: SimOptions) -> SimResult:
+    """Build and run the network on ``options.device`` (only build it with ``options.build_only``:
+    then ``result.ran`` is False and the arrays are empty).
 
     Raises
     ------
@@ -165,7 +170,9 @@ def simulate(export: Export, options: SimOptions) -> SimResult | None:
         net = build_network(export, images, timing, options.plasticity, options.fresh_poisson)
         build_s = time.perf_counter() - t0
         if not session.run(net.network, net.duration):
-            return None
+            classes = int(export.model.get("num_classes", 10))
+            return SimResult({}, {}, np.zeros((0, classes)), {}, timing,
+                             {"build_network_s": build_s, **session.timings}, None, ran=False)
         spikes, masks, logits, latency, spike_ticks = collect(net, export, options.n_images, timing)
         timings = {"build_network_s": build_s, **session.timings}
     timings["simulate_per_image_s"] = timings["simulate_s"] / options.n_images

@@ -6,9 +6,7 @@ import pytest
 import xarray as xr
 
 import analysis.robustness
-from analysis.combine import combine_files, combine_runs
-from analysis.pipeline import run_stage
-from analysis.settings import AnalysisSettings, AttackSettings, LandscapeSettings, SparsitySettings
+from core.combine import combine_files, combine_runs
 from bioflexnet.cli import main
 from core.results import read_dataset, write_dataset
 
@@ -93,26 +91,25 @@ def test_interrupted_sweep_leaves_no_file(capsys, runs, cifar_dir, monkeypatch):
     assert not (run / "robustness.nc").exists() and not list(run.glob(".*.tmp"))
 
 
-def test_reproduce_stage_writes_combined_results_and_reuses_them(capsys, runs, cifar_dir):
-    settings = AnalysisSettings(
-        AttackSettings(n_images=16, batch_size=16, n_epsilons=2, pgd_max=8 / 255, pgd_steps=2, apgd_steps=2,
-                       square_queries=3),
-        SparsitySettings(n_images=16, batch_size=16, raster_images=1, raster_neurons=8),
-        LandscapeSettings(grid=2, n_images=16, batch_size=16, hessian_iterations=2))
+def test_combined_results_on_variant_and_seed(capsys, runs, cifar_dir):
+    """The reproduce workflow's analysis jobs on two runs (the ANN twin is the transfer source), then
+    `combine analyses`: every result stacked on variant x seed, the per-run attrs kept as variables."""
     root = runs["vgg-stbp"].parent.parent
-    run_dirs = {("vgg-stbp", 0): runs["vgg-stbp"], ("vgg-ann", 0): runs["vgg-ann"]}
-    combined = run_stage(root, run_dirs, profile="smoke", data_dir=cifar_dir, settings=settings)
-    out = capsys.readouterr().out
-    assert "analysis stage:" in out and "sanity" in out
+    for variant in ("vgg-stbp", "vgg-ann"):
+        run = runs[variant]
+        assert _run(capsys, "attack", run, "--data-dir", cifar_dir, "--twin", runs["vgg-ann"], *FAST_ATTACK)[0] == 0
+        assert _run(capsys, "sparsity", run, "--data-dir", cifar_dir, *FAST, "--raster-images", "1")[0] == 0
+        assert _run(capsys, "landscape", run, "--data-dir", cifar_dir, *FAST, "--grid", "2",
+                    "--hessian-iterations", "2")[0] == 0
+    rc, out = _run(capsys, "combine", "analyses", root, "--runs", "vgg-stbp/seed0", "vgg-ann/seed0")
+    assert rc == 0 and "sanity" in out.out
     for name in ("robustness.nc", "sparsity.nc", "landscape.nc"):
         ds = read_dataset(root / name)
         assert ds.sizes["variant"] == 2 and ds.sizes["seed"] == 1
-        assert set(ds.variant.values) == {"vgg-stbp", "vgg-ann"}
-    rob = combined["robustness.nc"]
+        assert list(ds.variant.values) == ["vgg-stbp", "vgg-ann"]
+    rob = read_dataset(root / "robustness.nc")
     assert "transfer" in rob.attack.values and rob.sanity_verdict.dims == ("variant", "seed")
     assert "run_gradient" in rob and "exact gradient" in rob.run_gradient.sel(variant="vgg-ann", seed=0).item()
-    run_stage(root, run_dirs, profile="smoke", data_dir=cifar_dir, settings=settings)
-    assert capsys.readouterr().out.count("up to date, reused") == 6
 
 
 def _toy(variant: str, seed: int, layers: list[str], value: float) -> xr.Dataset:

@@ -271,9 +271,7 @@ def _garbage_root(tiny, tmp_path: Path) -> tuple[Path, Path]:
     return root, run_dir
 
 
-def test_garbage_metrics_named_by_figures_and_reproduce(tiny, tmp_path, capsys, monkeypatch):
-    import bioflexnet.reproduce as rep
-
+def test_garbage_metrics_named_by_figures_and_reproduce(tiny, tmp_path, capsys):
     root, run_dir = _garbage_root(tiny, tmp_path)
     bad = run_dir / "metrics.nc"
     rc, out = _run(capsys, "figures", root, "--only", "fig3_training")
@@ -281,30 +279,25 @@ def test_garbage_metrics_named_by_figures_and_reproduce(tiny, tmp_path, capsys, 
     _one_line_error(out, str(bad), "is corrupt", f"bioflexnet train --out {run_dir} --resume")
     assert not (root / "figures" / "fig3_training.png").exists()
 
-    # reproduce: training is done (the runs are finished); it stops at the summary that reads metrics.nc
-    monkeypatch.setattr(rep, "train_all", lambda *a, **k: ({("flex-stbp", 0): run_dir}, {}))
-    monkeypatch.setattr(rep, "STAGES", ())
-    rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", tiny[0])
+    # the reproduce pipeline: training is done; its summary step (`combine training`) reads metrics.nc
+    rc, out = _run(capsys, "combine", "training", root, "--runs", "flex-stbp/seed0")
     assert rc == 2
     _one_line_error(out, str(bad), f"bioflexnet train --out {run_dir} --resume")
+    assert not (root / "training_summary.nc").exists()
 
 
-def test_the_named_command_regenerates_metrics(tiny, tmp_path, capsys, monkeypatch):
-    import bioflexnet.reproduce as rep
+def test_the_named_command_regenerates_metrics(tiny, tmp_path, capsys):
     from core.results import read_dataset
 
     root, run_dir = _garbage_root(tiny, tmp_path)
     rc, out = _run(capsys, "train", "--out", run_dir, "--resume", "--data-dir", tiny[0])
     assert rc == 0 and "metrics.nc rewritten" in out.out
     assert int(read_dataset(run_dir / "metrics.nc").epoch[-1]) == 1
-    # and reproduce then completes, recording the thread count of its training jobs
-    monkeypatch.setattr(rep, "train_all", lambda *a, **k: ({("flex-stbp", 0): run_dir}, {}))
-    monkeypatch.setattr(rep, "STAGES", ())
-    rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", tiny[0], "--jobs", 1)
+    # and the pipeline's summary step then completes, recording the thread count of the training
+    rc, out = _run(capsys, "combine", "training", root, "--runs", "flex-stbp/seed0")
     assert rc == 0, out.err
     attrs = read_dataset(root / "training_summary.nc").attrs
-    assert attrs["train_threads_per_job"] == os.cpu_count() and attrs["train_jobs"] == 1
-    assert "omp_num_threads" in attrs
+    assert attrs["train_threads_per_job"] == str(read_dataset(run_dir / "metrics.nc").attrs["torch_num_threads"])
 
 
 def test_unreadable_result_file_names_itself_and_its_command(tmp_path):

@@ -9,13 +9,14 @@ from analysis.figures import collect_runs
 from analysis.notebooks import NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
 from core.config import make_config
 from core.results import write_dataset
+from core.variants import Variant
 from training.trainer import metrics_dataset
 
 
 def _fake_metrics(root: Path) -> None:
     for variant in ("vgg-ann", "flex-ann", "flex-stbp"):
-        family, mode = variant.split("-")
-        cfg = make_config("smoke", mode=mode, flex=family == "flex")
+        v = Variant.parse(variant)
+        cfg = make_config("smoke", mode=v.mode.value, flex=v.flex)
         for seed in (0, 1):
             history = [{"epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.2 * e + 0.01 * seed,
                         "val_loss": 1.9 / e, "val_accuracy": 0.25 * e, "lr": 0.1, "train_time": 1.0,

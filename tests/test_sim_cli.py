@@ -1,10 +1,11 @@
-"""`bioflexnet export` + `bioflexnet sim` on a trained smoke run, and the reproduce stage."""
+"""`bioflexnet export` + `bioflexnet sim` on a trained smoke run, and the reproduce workflow's simulation jobs."""
+import shutil
+
 import numpy as np
 import pytest
 
 from bioflexnet.cli import main
 from core.results import read_dataset
-from sim.pipeline import run_stage
 
 pytestmark = pytest.mark.brian
 
@@ -59,24 +60,33 @@ def test_export_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
     assert rc == 2 and "does not exist" in out.err
 
 
-def test_reproduce_stage_writes_summary(smoke_run, cifar_dir, tmp_path, capsys):
-    run_stage(tmp_path, {("flex-stbp", 0): smoke_run, ("flex-ann", 0): tmp_path / "ignored"}, profile="smoke",
-              data_dir=cifar_dir)
-    summary = read_dataset(tmp_path / "sim_summary.nc")
-    assert list(summary.simulation.values) == ["exact", "exact_plasticity", "biophysical_k1", "biophysical_k4",
-                                                 "biophysical_pulse_k4"]
-    assert float(summary.class_agreement.sel(run="flex-stbp/seed0", simulation="exact")) == 1.0
-    plastic = read_dataset(smoke_run / "sim" / "exact_plasticity" / "sim.nc")
+def test_the_plans_simulations_and_their_summary(smoke_run, cifar_dir, tmp_path, capsys):
+    """What the reproduce workflow runs for a flex-stbp run: every sim job of the plan, then `combine sim`."""
+    from bioflexnet.plan import Plan
+
+    root = tmp_path / "root"
+    run = shutil.copytree(smoke_run, root / "flex-stbp" / "seed0", ignore=shutil.ignore_patterns("sim", "export.npz"))
+    plan = Plan(profile="smoke", data_dir=str(cifar_dir))
+    assert main(["export", str(run), "--images", str(plan.sim_plan.images), "--data-dir", str(cifar_dir)]) == 0
+    jobs = plan.sim_jobs("flex-stbp", 0)
+    assert list(jobs) == ["exact", "exact_plasticity", "biophysical_k1", "biophysical_k4", "biophysical_pulse_k4"]
+    files = []
+    for job, args in jobs.items():
+        assert main(["sim", str(run), "--out", str(run / "sim" / job), *args]) == 0, job
+        files.append(str(run / "sim" / job / "sim.nc"))
+    capsys.readouterr()
+    assert main(["combine", "sim", str(root), "--files", *files]) == 0
+    assert "Brian2 fidelity" in capsys.readouterr().out
+    summary = read_dataset(root / "sim_summary.nc")
+    assert summary.class_agreement.dims == ("variant", "seed", "simulation")  # like every combined result
+    assert list(summary.simulation.values) == list(jobs)
+    assert float(summary.class_agreement.sel(variant="flex-stbp", seed=0, simulation="exact")) == 1.0
+    assert (summary.spike_agreement.values == 1.0).all()
+    plastic = read_dataset(run / "sim" / "exact_plasticity" / "sim.nc")
     assert plastic.attrs["plasticity"] == "True"
     bias = plastic["plastic_bias_conv1"].values
     assert not np.allclose(bias[-1, -1], bias[0, 0])  # the mask bias moved online
-    assert (summary.spike_agreement.values == 1.0).all()
-    result = smoke_run / "sim" / "biophysical_k4" / "sim.nc"
-    assert read_dataset(result).attrs["synapse"] == "delta"
-    assert read_dataset(smoke_run / "sim" / "biophysical_pulse_k4" / "sim.nc").attrs["synapse"] == "pulse"
-    assert "Brian2 fidelity" in capsys.readouterr().out
-    export_time, result_time = (smoke_run / "export.npz").stat().st_mtime_ns, result.stat().st_mtime_ns
-    run_stage(tmp_path, {("flex-stbp", 0): smoke_run}, profile="smoke", data_dir=cifar_dir)  # again: all reused
-    assert capsys.readouterr().out.count("up to date, reused") == len(summary.simulation)
-    assert (smoke_run / "export.npz").stat().st_mtime_ns == export_time and result.stat().st_mtime_ns == result_time
-    assert read_dataset(tmp_path / "sim_summary.nc").equals(summary)
+    assert read_dataset(run / "sim" / "biophysical_k4" / "sim.nc").attrs["synapse"] == "delta"
+    assert read_dataset(run / "sim" / "biophysical_pulse_k4" / "sim.nc").attrs["synapse"] == "pulse"
+    conv = read_dataset(root / "convergence.nc")
+    assert conv.class_agreement.dims == ("variant", "seed", "substeps") and list(conv.substeps.values) == [1, 4]

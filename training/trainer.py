@@ -37,6 +37,9 @@ from training.runs import (CHECKPOINT, CONFIG, METRICS, PROVENANCE, RunDirError,
                            save_checkpoint, write_config)
 
 
+PROGRESS_LINE_S = 30.0  # without a progress bar, a line at most this often (seconds)
+
+
 class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -158,6 +161,7 @@ class Trainer:
             step_loss = torch.zeros(steps_per_epoch, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
             checked, seen, loss_sum, n_correct = 0, 0, 0.0, 0
+            last_line = t0
             bar = tqdm(cifar.batches(train_split, tc.batch_size, generator=gen, train=True, augmented=tc.augment), total=steps_per_epoch,
                        desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress) if ranks.main else True,
                        leave=False)
@@ -183,6 +187,13 @@ class Trainer:
                     loss_sum, n_correct = self._check(step_loss, correct, checked, i + 1, epoch, ranks, tc.batch_size)
                     checked = i + 1
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{n_correct / seen:.3f}")
+                    if bar.disable and ranks.main and self.progress is not False and \
+                            time.perf_counter() - last_line >= PROGRESS_LINE_S and i + 1 < steps_per_epoch:
+                        # no bar (a pipe, a log file, the reproduce workflow): a line now and then instead
+                        last_line = time.perf_counter()
+                        print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: step {i + 1}/"
+                              f"{steps_per_epoch}, train loss {loss_sum / seen:.4f} acc {n_correct / seen:.4f}, "
+                              f"{last_line - t0:.0f}s", flush=True)
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
             val = evaluate(model, val_split, tc.eval_batch_size,

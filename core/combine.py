@@ -1,4 +1,4 @@
-"""Combine per-run result Datasets into one along ``variant`` and ``seed`` (torch-free).
+"""Combine per-run result Datasets into one along ``variant`` and ``seed`` (torch-free, used by every package).
 
 Each run's Dataset carries ``variant`` and ``seed`` attrs. Runs are stacked on
 new leading dims ``variant`` and ``seed``; other dims are outer-joined (a
