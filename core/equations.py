@@ -49,9 +49,10 @@ for inference, ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean scale`
     mask_sigma   m  = sigma(z)               (HARD_SIGMOID or LOGISTIC)
     MIX          u  = pool + m (conv - pool) (= m conv + (1 - m) pool)
 
-The operation order is part of the definition: PyTorch's float64 reference
-(``training.export``) and Brian2's exact mode must produce the same bits.
-Training's fused fast paths (``torch.addcmul`` for ``MIX``,
+The operation order is part of the definition (the float64 reference of
+``training.export`` follows it exactly; Brian2's sympy pass re-associates sums,
+so exact mode agrees with it to a few ulp, which the spike-for-spike tests allow
+for only because ties at the threshold are rare). Training's fused fast paths (``torch.addcmul`` for ``MIX``,
 ``training.fused.mask_mix``) round ``m (conv - pool)`` once less and are
 tested against these definitions.
 """

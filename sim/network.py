@@ -27,11 +27,13 @@ Neuron code. Each layer's model, update, threshold and reset come from
 :mod:`core.equations` (mask ``m = sigma(scale (Ip - thr) + shift + (eta[step] + b))``,
 current ``u = Ip + m (Ic - Ip)``); :func:`sim.simulate.flex_neuron_model` prints it.
 
-Ties. The update is written in the operation order of the PyTorch reference
-(:func:`training.export.reference_forward`), so the two differ only in the
-order in which synaptic inputs are summed (a conv in PyTorch, a sequence of
-``+= w`` here): a neuron whose membrane lies within ~1e-15 of the threshold
-may fire in one and not the other. None was seen on 200 test images of the
+Ties. The update is rendered from the same :mod:`core.equations` as the PyTorch
+reference (:func:`training.export.reference_forward`), in its operation order,
+but the two still differ in the last bits: synaptic inputs are summed in another
+order (a conv in PyTorch, a sequence of ``+= w`` here), and Brian2's sympy pass
+re-associates sums and turns ``z / 6.0`` into ``0.1666...*z`` (a few ulp,
+``tests/test_equations.py``). A neuron whose membrane lies within ~1e-15 of the
+threshold may fire in one and not the other. None was seen on 200 test images of the
 quick models (36k neurons, 2 steps).
 
 Plasticity (online version of ``PlasticFlexLayer.apply_plasticity``): every
