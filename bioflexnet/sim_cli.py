@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh-poisson", action="store_true",
                    help="Poisson-encoded runs: draw new input spikes (default: replay the reference's, exactly)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of Brian2's random numbers (--fresh-poisson)")
+    p.add_argument("--print-model", action="store_true",
+                   help="print the Brian2 code of the neurons (equations, mask, mixing, threshold, reset, plasticity) "
+                        "for the chosen mode and exit without simulating")
     p.add_argument("--no-spikes", dest="keep_spikes", action="store_false",
                    help="leave the full spike arrays out of sim.nc (the fidelity figures are kept)")
     p.set_defaults(func=cmd_sim)
@@ -74,12 +77,13 @@ def cmd_sim(args: argparse.Namespace) -> None:
     from core.results import write_dataset
     from sim.devices import DeviceError
     from sim.results import to_dataset
-    from sim.simulate import SimError, SimOptions, simulate
+    from sim.simulate import SimError, SimOptions, neuron_model_text, simulate
 
     out = args.out or (args.run_dir.parent if args.run_dir.suffix == ".npz" else args.run_dir) / "sim"
-    output_dir(out)  # before the simulation: a bad --out must not cost its run
-    if args.build_dir is not None:
-        output_dir(args.build_dir, "--build-dir")
+    if not args.print_model:  # printing writes nothing
+        output_dir(out)  # before the simulation: a bad --out must not cost its run
+        if args.build_dir is not None:
+            output_dir(args.build_dir, "--build-dir")
     options = SimOptions(n_images=args.images or 0, mode=args.mode or "exact", device=args.device,
                          plasticity=args.plasticity, substeps=args.substeps, synapse=args.synapse,
                          tau_m_ms=args.tau_m_ms, v_rest_mv=args.v_rest_mv, v_threshold_mv=args.v_threshold_mv,
@@ -92,6 +96,9 @@ def cmd_sim(args: argparse.Namespace) -> None:
             options = dataclasses.replace(options, n_images=export.n_reference)
         if args.mode is None and export.ticks > 1:  # the trained dynamics: biophysical at the export's K
             options = dataclasses.replace(options, mode="biophysical")
+        if args.print_model:
+            print(neuron_model_text(export, options))
+            return
         result = simulate(export, options)
     except (ExportError, SimError, DeviceError) as exc:
         raise CLIError(str(exc)) from exc

@@ -59,6 +59,8 @@ class Surrogate(str, enum.Enum):
 
 
 class MaskSigma(str, enum.Enum):
+    """The mask nonlinearity; its formula is ``core.equations.mask_sigma(value)``."""
+
     HARD = "hard"  # clip(z/6 + 1/2, 0, 1)
     LOGISTIC = "logistic"  # 1 / (1 + exp(-z))
 

@@ -35,20 +35,70 @@ lambda``), whatever the number of updates; ``b`` relaxes to
 ``lambda (r_sel - r_inv) / delta`` with time constant ``1/delta`` updates.
 ``lambda = 0`` disables the rule.
 
-The functions below use only arithmetic and ``.clip`` so they work unchanged
-on numpy arrays and torch tensors; ``*_EXPR`` are the same formulas as Brian2
-expression strings.
+Each formula is defined once here as an :class:`Equation`: a function that uses
+only arithmetic and ``.clip`` (so it works unchanged on numpy arrays and torch
+tensors) and the same formula as a Brian2 expression template, rendered with
+the caller's variable names by :meth:`Equation.brian`. ``training/`` calls the
+functions, ``sim/`` renders the templates; ``tests/test_equations.py``
+evaluates every rendering with Brian2 against its function. The flex
+equations (per neuron, per step; ``scale`` / ``shift`` are the logit BN folded
+for inference, ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean scale``)::
+
+    LOGITS       z0 = scale (pool - threshold) + shift
+    MASK_INPUT   z  = z0 + (eta(t) + b)
+    mask_sigma   m  = sigma(z)               (HARD_SIGMOID or LOGISTIC)
+    MIX          u  = pool + m (conv - pool) (= m conv + (1 - m) pool)
+
+The operation order is part of the definition (the float64 reference of
+``training.export`` follows it exactly; Brian2's sympy pass re-associates sums,
+so exact mode agrees with it to a few ulp, which the spike-for-spike tests allow
+for only because ties at the threshold are rare). Training's fused fast paths (``torch.addcmul`` for ``MIX``,
+``training.fused.mask_mix``) round ``m (conv - pool)`` once less and are
+tested against these definitions.
 """
 from __future__ import annotations
 
+import string
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
-HARD_SIGMOID_EXPR = "clip({z} / 6.0 + 0.5, 0.0, 1.0)"
-LOGISTIC_EXPR = "1.0 / (1.0 + exp(-({z})))"
 
+@dataclass(frozen=True)
+class Equation:
+    """One formula: ``fn`` on numpy arrays or torch tensors, ``expr`` the same as a Brian2 template.
+
+    ``expr`` names the arguments of ``fn`` in braces (``{pool}``); :meth:`brian` fills them in with
+    Brian2 variable names or sub-expressions, which are inserted as they are (no parentheses added:
+    the templates bracket where the operation order needs it).
+    """
+
+    name: str
+    fn: Callable
+    expr: str
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The placeholders of ``expr``, in order of first appearance."""
+        names = [field for _, field, _, _ in string.Formatter().parse(self.expr) if field]
+        return tuple(dict.fromkeys(names))
+
+    def brian(self, **names: str) -> str:
+        """The Brian2 expression with every placeholder replaced by ``names[placeholder]``."""
+        missing = set(self.args) - set(names)
+        if missing:
+            raise KeyError(f"{self.name}: no Brian2 name given for {sorted(missing)} (needs {list(self.args)}).")
+        return self.expr.format(**names)
+
+
+# --- the mask nonlinearity ----------------------------------------------------------------------
 
 def hard_sigmoid(z):
-    """``clip(z / 6 + 1/2, 0, 1)`` (same as ``torch.nn.functional.hardsigmoid``)."""
+    """``clip(z / 6 + 1/2, 0, 1)`` (the values of ``torch.nn.functional.hardsigmoid``, up to rounding)."""
     return (z / 6.0 + 0.5).clip(0.0, 1.0)
 
 
@@ -57,11 +107,68 @@ def logistic(z):
     return 1.0 / (1.0 + np.exp(-z)) if isinstance(z, (np.ndarray, float)) else z.sigmoid()
 
 
-EPS = 1e-12  # keeps a silent path's drive at 0 instead of 0/0
+HARD_SIGMOID = Equation("hard_sigmoid", hard_sigmoid, "clip({z} / 6.0 + 0.5, 0.0, 1.0)")
+LOGISTIC = Equation("logistic", logistic, "1.0 / (1.0 + exp(-({z})))")
+SIGMAS = {"hard": HARD_SIGMOID, "logistic": LOGISTIC}  # model.mask_sigma -> its equation
 
-# Brian2 renderings of the same formulas (per tick, per channel; means over positions as summed variables)
-DRIVE_EXPR = "{mean_relu} / sqrt({mean_square} + {eps})"
-PLASTICITY_EXPR = "b += {rate}*(rs - ri) - {decay}*b"
+
+def mask_sigma(name) -> Equation:
+    """The mask nonlinearity ``sigma`` of ``model.mask_sigma`` (``"hard"`` / ``"logistic"``, or the enum)."""
+    key = getattr(name, "value", name)
+    if key not in SIGMAS:
+        raise ValueError(f"mask_sigma={key!r} is not one of {tuple(SIGMAS)}.")
+    return SIGMAS[key]
+
+
+# --- the flex layer -----------------------------------------------------------------------------
+
+def flex_logits(pool, threshold, scale, shift):
+    """Threshold mechanism with the batch-norm folded: ``scale (pool - threshold) + shift``."""
+    return scale * (pool - threshold) + shift
+
+
+def mask_input(logits, eta, b):
+    """Argument of the mask nonlinearity, ``logits + (eta(t) + b)``."""
+    return logits + (eta + b)
+
+
+def mix(m, conv, pool):
+    """Current of a flex unit, ``pool + m (conv - pool)`` (= ``m conv + (1 - m) pool``)."""
+    return pool + m * (conv - pool)
+
+
+LOGITS = Equation("logits", flex_logits, "{scale}*({pool} - {threshold}) + {shift}")
+MASK_INPUT = Equation("mask_input", mask_input, "{logits} + ({eta} + {b})")
+MIX = Equation("mix", mix, "{pool} + {m}*({conv} - {pool})")
+
+
+def maps_channels(c_in: int, c_out: int) -> bool:
+    """Whether the pool path applies its channel map ``P``.
+
+    ``C_in == C_out`` makes ``P`` the identity (:func:`channel_map_matrix`): PyTorch, the float64
+    reference and ``sim.analog`` skip it, ``Pool(x) = maxpool(x)``. (Brian2 wires it as one synapse of
+    weight 1 per channel, which adds the same numbers.)
+    """
+    return c_in != c_out
+
+
+# --- input ---------------------------------------------------------------------------------------
+# CIFAR-10 training-set channel statistics; direct encoding feeds the normalised image, inside the model,
+# so attacks work in [0, 1] pixel space (DESIGN.md §1). Exports carry the model's copy as input.mean/std.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def normalise_input(x, mean, std):
+    """Pixels in [0, 1] to the network's input, ``(x - mean) / std`` per channel (broadcast by the caller)."""
+    return (x - mean) / std
+
+
+NORMALISE = Equation("normalise", normalise_input, "({x} - {mean}) / {std}")
+
+
+# --- pathway drives and plasticity ----------------------------------------------------------------
+EPS = 1e-12  # keeps a silent path's drive at 0 instead of 0/0
 
 
 def pathway_drive(x, dims):
@@ -79,6 +186,11 @@ def plasticity_delta(r_sel, r_inv, rate: float, decay: float, b):
     return rate * (r_sel - r_inv) - decay * b
 
 
+# Brian2 renderings (per tick, per channel; in sim/ the means over positions are summed variables)
+DRIVE = Equation("drive", drive_from_moments, f"{{mean_relu}} / sqrt({{mean_square}} + {EPS!r})")
+PLASTICITY = Equation("plasticity", plasticity_delta, "{rate}*({r_sel} - {r_inv}) - {decay}*{b}")
+
+
 def plasticity_bound(rate: float, decay: float) -> float:
     """Largest ``|b|`` the rule can reach from ``b = 0`` (``inf`` without decay)."""
     return rate / decay if decay > 0 else (0.0 if rate == 0 else float("inf"))
@@ -90,7 +202,7 @@ def channel_map_matrix(c_in: int, c_out: int) -> np.ndarray:
     Linear interpolation along the channel axis with aligned end points:
     output channel ``j`` reads position ``p = j (C_in - 1) / (C_out - 1)`` and
     mixes channels ``floor(p)`` and ``floor(p) + 1`` with weights ``1 - frac(p)``
-    and ``frac(p)``. ``C_in == C_out`` gives the identity. Rows sum to one, so
+    and ``frac(p)``. ``C_in == C_out`` gives the identity (:func:`maps_channels`). Rows sum to one, so
     a map of spikes stays in [0, 1].
 
     Returns
@@ -99,6 +211,8 @@ def channel_map_matrix(c_in: int, c_out: int) -> np.ndarray:
     """
     if c_in < 1 or c_out < 1:
         raise ValueError(f"channel counts must be >= 1, got c_in={c_in}, c_out={c_out}.")
+    if not maps_channels(c_in, c_out):
+        return np.eye(c_in)
     matrix = np.zeros((c_out, c_in))
     if c_out == 1 or c_in == 1:
         matrix[:, 0 if c_in == 1 else c_in // 2] = 1.0

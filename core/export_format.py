@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from core import equations
 from core.errors import UserError
 from core.results import atomic_path
 
@@ -52,7 +53,7 @@ FORMAT_NAME = "bioflexnet-export"
 FORMAT_VERSION = 2  # 2: scale-free pathway drives and model.plasticity_decay (bounded plasticity rule)
 KINDS = ("flex", "conv", "pool")
 RESETS = ("subtract", "zero")
-SIGMAS = ("hard", "logistic")
+SIGMAS = tuple(equations.SIGMAS)  # ("hard", "logistic")
 ENCODINGS = ("direct", "poisson")
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from core import equations
 from core.export_format import Export, LayerSpec
 
 
 def normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """uint8 ``[N, 3, H, W]`` -> float64 ``(pixel / 255 - mean) / std``."""
-    x = images.astype(np.float64) / 255.0
-    return (x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
+    return equations.normalise_input(images.astype(np.float64) / 255.0, mean.reshape(1, -1, 1, 1),
+                                     std.reshape(1, -1, 1, 1))
 
 
 def _windows(x: np.ndarray, kernel: int, stride: int, padding: int, fill: float) -> np.ndarray:
@@ -52,6 +53,6 @@ def first_layer_drives(export: Export, images: np.ndarray) -> tuple[np.ndarray, 
     if layer.kind != "flex":
         return conv.reshape(len(x), -1), None
     pool = max_pool2d(x, layer.kernel, layer.stride, layer.padding)
-    if layer.c_in != layer.c_out:  # the identity map is skipped, as in PyTorch
+    if equations.maps_channels(layer.c_in, layer.c_out):  # the identity map is skipped, as in PyTorch
         pool = np.einsum("oc,nchw->nohw", a[f"{layer.name}.pool_map"], pool)
     return conv.reshape(len(x), -1), pool.reshape(len(x), -1)

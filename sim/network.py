@@ -22,24 +22,18 @@ pathway drives and plasticity, threshold, reset; then the next layer. The
 clearing of inputs and the image bookkeeping run in the ``start`` slot,
 monitors in ``end``.
 
-Flex layer update (every tick)::
+Neuron code. Each layer's model, update, threshold and reset come from
+:func:`sim.model_code.layer_code`, which renders the flex equations of
+:mod:`core.equations` (mask ``m = sigma(scale (Ip - thr) + shift + (eta[step] + b))``,
+current ``u = Ip + m (Ic - Ip)``); :func:`sim.simulate.flex_neuron_model` prints it.
 
-    Ic = bias + acc_c                 (first layer: conv of the image, sim.analog)
-    Ip = acc_p                        (first layer: pool of the image)
-    m  = sigma(scale (Ip - thr) + shift + (eta[step] + b))
-    u  = Ip + m (Ic - Ip)
-    v  = beta v + u                   (exact; biophysical: V_rest + (V - V_rest) decay + gain u)
-
-With delta synapses (biophysical mode) a spike-driven layer's ``acc_c`` / ``acc_p`` hold
-the synaptic charge of this tick: the bias is held (``gain m bias``), the charge
-jumps (``unit (Ip + m (acc_c - Ip))``), and the mask sees the pool charge since
-the step began instead of ``Ip``.
-
-Ties. The update is written in the operation order of the PyTorch reference
-(:func:`training.export.reference_forward`), so the two differ only in the
-order in which synaptic inputs are summed (a conv in PyTorch, a sequence of
-``+= w`` here): a neuron whose membrane lies within ~1e-15 of the threshold
-may fire in one and not the other. None was seen on 200 test images of the
+Ties. The update is rendered from the same :mod:`core.equations` as the PyTorch
+reference (:func:`training.export.reference_forward`), in its operation order,
+but the two still differ in the last bits: synaptic inputs are summed in another
+order (a conv in PyTorch, a sequence of ``+= w`` here), and Brian2's sympy pass
+re-associates sums and turns ``z / 6.0`` into ``0.1666...*z`` (a few ulp,
+``tests/test_equations.py``). A neuron whose membrane lies within ~1e-15 of the
+threshold may fire in one and not the other. None was seen on 200 test images of the
 quick models (36k neurons, 2 steps).
 
 Plasticity (online version of ``PlasticFlexLayer.apply_plasticity``): every
@@ -60,12 +54,12 @@ import numpy as np
 from brian2 import (Network, NeuronGroup, Quantity, SpikeMonitor, StateMonitor, Synapses, TimedArray, defaultclock,
                     linked_var, ms)
 
-from core import equations
 from core.export_format import Export, LayerSpec
 from sim.analog import first_layer_drives
 from sim.biophysics import BiophysicalParams
 from sim.connectivity import Connections, channel_map_connections, conv_connections, pool_connections
 from sim.dynamics import Dynamics
+from sim.model_code import MOMENTS, layer_code, mask_unit_model, plasticity_rule
 
 EXACT_TICK = 1 * ms  # nominal duration of one step in exact mode (the discrete model has no time unit)
 
@@ -155,41 +149,32 @@ class _Builder:
         """Neurons of a conv or flex layer fed by ``source`` spikes, or by analog ``drives`` (first layer)."""
         a, name, flex, dyn = self.export.arrays, layer.name, layer.kind == "flex", self.dyn
         ns = {**dyn.namespace, **dyn.constants}
-        eqs = dyn.neuron_state() + "acc_c : 1\nacc_p : 1\nIc : 1\nIp : 1\nbias : 1 (constant)\nch : integer (constant)\n"
-        split = dyn.delta and drives is None  # delta synapses into a spike-driven layer: held bias, charge jumps
-        if flex:
-            eqs += ("m : 1\nthr : 1 (constant)\nlscale : 1 (constant)\nlshift : 1 (constant)\nb : 1 (linked)\n"
-                    "rsel : 1\nrinv : 1\n" + ("pstep : 1\n" if split else ""))
-        group = self.add(NeuronGroup(layer.n_out, eqs, threshold=dyn.threshold, reset=dyn.reset, clock=self.clock,
-                                     namespace=ns, name=name))
+        code = layer_code(dyn, flex, self.export.model["mask_sigma"], drives is not None, self.timing.substeps)
+        group = self.add(NeuronGroup(layer.n_out, code.model, threshold=code.threshold, reset=code.reset,
+                                     clock=self.clock, namespace=ns, name=name))
         channel = np.repeat(np.arange(layer.c_out), layer.out_size[0] * layer.out_size[1])
         group.ch = channel
         group.bias = a[f"{name}.bias"][channel]
         group.v = dyn.v_init
-        group.run_regularly(dyn.start, when="start")
+        group.run_regularly(code.start, when="start")
         if drives is None:  # spikes of the previous stage drive the conv path through synapses
             conn = conv_connections(a[f"{name}.weight"], layer.in_size, layer.out_size, layer.stride, layer.padding)
             self.synapses(f"{name}_conv", source, group, conn, "acc_c")
-            conv_src, pool_src = "bias + acc_c", "acc_p"
         else:  # analog first layer: both pathways computed from the image (sim.analog)
             duration = self.export.steps * self.timing.substeps * self.timing.dt
             ns["conv_in"] = TimedArray(drives[0], dt=duration)
-            conv_src, pool_src = "conv_in(t, i)", "pool_in(t, i)"
             if drives[1] is not None:
                 ns["pool_in"] = TimedArray(drives[1], dt=duration)
         if flex:
-            update = self._mask(layer, group, channel, ns, source if drives is None else None, conv_src, pool_src)
-        else:
-            update = f"Ic = {conv_src}\n" + (dyn.membrane_split("bias", "acc_c") if split else dyn.membrane("Ic"))
-        self.schedule(group.run_regularly(update, when="groups", name=f"{name}_update"))
+            self._mask(layer, group, channel, ns, source if drives is None else None)
+        self.schedule(group.run_regularly(code.update, when="groups", name=f"{name}_update"))
         monitor = self.mask_group(layer, group, channel, plasticity) if flex else None
         self.schedule(group.thresholder["spike"], group.resetter["spike"])
         return group, monitor
 
-    def _mask(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, ns: dict, source, conv_src: str,
-              pool_src: str) -> str:
-        """Pool path (from ``source`` spikes, unless analog), mask parameters; returns the update code."""
-        a, name, dyn = self.export.arrays, layer.name, self.dyn
+    def _mask(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, ns: dict, source) -> None:
+        """Pool path (from ``source`` spikes, unless analog) and the mask's parameters."""
+        a, name = self.export.arrays, layer.name
         if source is not None:
             relay = self.relay(f"{name}_or", source, layer)
             conn = channel_map_connections(a[f"{name}.pool_map"], layer.out_size)
@@ -198,51 +183,30 @@ class _Builder:
         group.lscale = a[f"{name}.logit_scale"][channel]
         group.lshift = a[f"{name}.logit_shift"][channel]
         ns["eta"] = TimedArray(np.tile(a[f"{name}.eta"], (self.n_images, 1)), dt=self.timing.substeps * self.timing.dt)
-        sigma = (equations.HARD_SIGMOID_EXPR if self.export.model["mask_sigma"] == "hard"
-                 else equations.LOGISTIC_EXPR).format(z="z")
-        delta = dyn.delta and source is not None
-        # delta synapses: the mask sees the pool charge since the step began (the discrete mask sees the step's)
-        seen = "pstep" if delta else "Ip"
-        code = (f"Ic = {conv_src}\nIp = {pool_src}\n" + ("pstep = pstep*(1 - step_start(t)) + Ip\n" if delta else "")
-                + f"z = lscale*({seen} - thr) + lshift + (eta(t, ch) + b)\nm = {sigma}\n")
-        if delta:
-            # delta synapses: the bias is held, the tick's synaptic charge jumps; the pathway drives of
-            # the plasticity rule are rates, the charge of the tick spread over the tick
-            k = self.timing.substeps
-            return code + (f"{dyn.membrane_split('m*bias', 'Ip + m*(acc_c - Ip)')}\n"
-                           f"rsel = bias + {k}*acc_c\nrinv = {k}*Ip")
-        return code + f"{dyn.membrane('(Ip + m*(Ic - Ip))')}\nrsel = Ic\nrinv = Ip"
 
     def mask_group(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, plasticity: bool) -> StateMonitor:
         """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri.
 
         ``rsel`` / ``rinv`` of a neuron are the tick's conv / pool path; the drives of
         :func:`core.equations.pathway_drive` are rendered from their channel means of ``relu(x)`` and
-        ``x**2`` (:data:`core.equations.DRIVE_EXPR`), the update from ``PLASTICITY_EXPR`` with the
+        ``x**2`` (:data:`core.equations.DRIVE`), the update from ``PLASTICITY`` with the
         per-step rate and decay spread over the ``T K`` ticks of an image.
         """
         name, a, model = layer.name, self.export.arrays, self.export.model
         ticks = self.export.steps * self.timing.substeps
-        drive = equations.DRIVE_EXPR.format
-        eqs = ("b : 1\nsel_relu : 1\nsel_sq : 1\ninv_relu : 1\ninv_sq : 1\nmbar : 1\n"
-               f"rs = {drive(mean_relu='sel_relu', mean_square='sel_sq', eps=equations.EPS)} : 1\n"
-               f"ri = {drive(mean_relu='inv_relu', mean_square='inv_sq', eps=equations.EPS)} : 1\n")
-        masks = self.add(NeuronGroup(layer.c_out, eqs, clock=self.clock, name=f"{name}_mask",
+        masks = self.add(NeuronGroup(layer.c_out, mask_unit_model(), clock=self.clock, name=f"{name}_mask",
                                      namespace={"lam": model["plasticity_rate"] / ticks,
                                                 "decay": model["plasticity_decay"] / ticks}))
         masks.b = a[f"{name}.plastic_bias"]
         group.b = linked_var(masks, "b", index=channel)
-        summed = {"sel_relu": "clip(rsel_pre, 0, inf)", "sel_sq": "rsel_pre**2", "inv_relu": "clip(rinv_pre, 0, inf)",
-                  "inv_sq": "rinv_pre**2", "mbar": "m_pre"}
         drives = self.add(Synapses(group, masks, "\n".join(f"{v}_post = {e}*inv_npos : 1 (summed)"
-                                                            for v, e in summed.items()),
+                                                            for v, e in MOMENTS.items()),
                                    namespace={"inv_npos": 1.0 / (layer.out_size[0] * layer.out_size[1])},
                                    clock=self.clock, name=f"{name}_drive"))
         drives.connect(i=np.arange(layer.n_out), j=channel)
-        self.schedule(*(drives.summed_updaters[f"{v}_post"] for v in summed))
+        self.schedule(*(drives.summed_updaters[f"{v}_post"] for v in MOMENTS))
         if plasticity:
-            rule = equations.PLASTICITY_EXPR.format(rate="lam", decay="decay")
-            self.schedule(masks.run_regularly(rule, when="groups", name=f"{name}_plasticity"))
+            self.schedule(masks.run_regularly(plasticity_rule(), when="groups", name=f"{name}_plasticity"))
         return self.add(StateMonitor(masks, ["mbar", "b", "rs", "ri"], record=True, when="end",
                                      name=f"{name}_mask_monitor"))
 

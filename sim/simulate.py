@@ -19,7 +19,8 @@ from core.errors import UserError
 from core.export_format import Export
 from sim.biophysics import discrete_to_biophysical
 from sim.devices import DEVICES, device_session
-from sim.dynamics import SYNAPSES
+from sim.dynamics import SYNAPSES, Dynamics
+from sim.model_code import layer_code, mask_unit_model, plasticity_rule
 from sim.network import SimNetwork, Timing, build_network
 
 MODES = ("exact", "biophysical")
@@ -177,3 +178,43 @@ def simulate(export: Export, options: SimOptions) -> SimResult:
         timings = {"build_network_s": build_s, **session.timings}
     timings["simulate_per_image_s"] = timings["simulate_s"] / options.n_images
     return SimResult(spikes, masks, logits, latency, timing, timings, spike_ticks)
+
+
+def neuron_model_text(export: Export, options: SimOptions) -> str:
+    """The Brian2 code of the export's neurons in the mode of ``options``, as one printable block.
+
+    One block per kind of neuron layer (the analog first layer, spike-driven flex or conv layers), as
+    :func:`sim.network.build_network` builds them (:func:`sim.model_code.layer_code`), then the per-channel
+    mask unit and its plasticity rule, the synapses' code and the constants.
+
+    Raises
+    ------
+    SimError
+        For options that do not fit the export (as :func:`simulate`).
+    """
+    timing = make_timing(export, options)
+    model = export.model
+    dyn = Dynamics(model, export.steps, 1, timing.substeps, timing.dt, timing.bio, timing.synapse)
+    direct = model["encoding"] == "direct"
+    kinds: dict[tuple[str, bool], list[str]] = {}
+    for layer in export.neuron_layers:
+        kinds.setdefault((layer.kind, direct and layer.name == export.layers[0].name), []).append(layer.name)
+    mode = f"{timing.mode} mode" + ("" if timing.bio is None else f" (K = {timing.substeps}, {timing.synapse} synapses)")
+    parts = [f"# Brian2 neuron code, {mode}, mask_sigma = {model['mask_sigma']} (sim.model_code)"]
+    for (kind, analog), names in kinds.items():
+        source = "the image (TimedArrays conv_in, pool_in; sim.analog)" if analog else "spikes through synapses"
+        code = layer_code(dyn, kind == "flex", model["mask_sigma"], analog, timing.substeps)
+        parts.append(f"## {kind} layer{'s' if len(names) > 1 else ''} {', '.join(names)}, driven by {source}\n"
+                     + code.text().rstrip())
+    if any(kind == "flex" for kind, _ in kinds):
+        parts.append("## mask unit per channel of a flex layer (L_mask), moments summed over positions\n"
+                     f"model:\n" + "".join(f"    {line}\n" for line in mask_unit_model().strip().splitlines())
+                     + f"plasticity (every tick, with --plasticity):\n    {plasticity_rule()}\n"
+                     f"    in the mask unit's namespace: lam = plasticity_rate / (T K) = {model['plasticity_rate']} / "
+                     f"{export.steps * timing.substeps}, decay = plasticity_decay / (T K) = "
+                     f"{model['plasticity_decay']} / {export.steps * timing.substeps}")
+    on_pre = dyn.drive("acc_c", False)["on_pre"]
+    parts.append("## synapses (conv path into acc_c, channel map into acc_p)\n"
+                 f"on_pre: {on_pre}")
+    parts.append("## constants\n" + "".join(f"{k} = {v}\n" for k, v in dyn.constants.items()).rstrip())
+    return "\n\n".join(parts)

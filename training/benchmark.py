@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import equations
 from core.config import Arch, Mode, ModelConfig
-from training.models import CIFAR10_MEAN, CIFAR10_STD, build_model
+from training.models import build_model
 
 BETA, THETA, ALPHA = 0.5, 1.0, 2.0
 
@@ -80,8 +81,8 @@ class _PeerVGG5(nn.Module):
         super().__init__()
         c = [max(1, round(n * width)) for n in (64, 128, 256)]
         self.steps, self.multistep = steps, multistep
-        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(equations.CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(equations.CIFAR10_STD).view(1, 3, 1, 1))
         self.stem = nn.Sequential(nn.Conv2d(3, c[0], 3, 1, 1, bias=False), nn.BatchNorm2d(c[0]))
         self.convs = nn.ModuleList([nn.Sequential(nn.Conv2d(a, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b))
                                     for a, b in ((c[0], c[1]), (c[1], c[2]))])
@@ -89,7 +90,7 @@ class _PeerVGG5(nn.Module):
         self.fc = nn.Linear(c[2] * 16, 10)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x0 = self.stem((images - self.mean) / self.std)  # computed once, repeated over T
+        x0 = self.stem(equations.normalise_input(images, self.mean, self.std))  # computed once, repeated over T
         if self.multistep:  # SpikingJelly: [T, B, ...] through every layer, stateless layers on [T*B, ...]
             x = self.lifs[0](x0.unsqueeze(0).repeat(self.steps, 1, 1, 1, 1))
             for conv, lif in zip(self.convs, self.lifs[1:]):

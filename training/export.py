@@ -22,7 +22,7 @@ from core import equations
 from core.config import Mode, Reset, RunConfig
 from core.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spikes, write_export
 from core.results import file_sha256, provenance
-from training.flex import PlasticFlexLayer
+from training.flex import PlasticFlexLayer, map_channels
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
 from training.neurons import LIFParams, lif_multistep, lif_ticks, tick_params
 
@@ -107,11 +107,11 @@ def reference_forward(export: Export, images: np.ndarray) -> dict[str, np.ndarra
     a = {k: torch.from_numpy(v) for k, v in export.arrays.items() if not k.startswith("ref.")}
     model, steps = export.model, export.steps
     params = LIFParams(model["beta"], model["theta"], Reset(model["reset"]))
-    sigma = equations.hard_sigmoid if model["mask_sigma"] == "hard" else equations.logistic
+    sigma = equations.mask_sigma(model["mask_sigma"])
     x = torch.from_numpy(images).to(torch.float64) / 255.0
     out: dict[str, np.ndarray] = {}
     if model["encoding"] == "direct":
-        x = ((x - a["input.mean"].view(1, 3, 1, 1)) / a["input.std"].view(1, 3, 1, 1)).unsqueeze(0)
+        x = equations.normalise_input(x, a["input.mean"].view(1, 3, 1, 1), a["input.std"].view(1, 3, 1, 1)).unsqueeze(0)
     else:  # Bernoulli spikes with the pixel as probability (as SpikingVGG.encode), drawn from a fixed seed
         gen = torch.Generator().manual_seed(int(export.header["reference"]["input_seed"]))
         x = (torch.rand((steps, *x.shape), generator=gen, dtype=torch.float64) < x).to(torch.float64)
@@ -140,20 +140,27 @@ def _flex_current(layer: LayerSpec, a: dict[str, torch.Tensor], flat: torch.Tens
                   lead: torch.Size, steps: int, sigma, out: dict[str, np.ndarray]) -> torch.Tensor:
     """Mixed current ``u`` of a flex layer; also records mask means and pathway drives into ``out``."""
     n = layer.name
-    pool = F.max_pool2d(flat, layer.kernel, layer.stride, layer.padding)
-    if layer.c_in != layer.c_out:
-        pool = F.conv2d(pool, a[f"{n}.pool_map"][:, :, None, None])
+    pool = map_channels(F.max_pool2d(flat, layer.kernel, layer.stride, layer.padding), a[f"{n}.pool_map"])
     pool = pool.unflatten(0, lead)
-    logits = (pool - a[f"{n}.threshold"]) * a[f"{n}.logit_scale"].view(-1, 1, 1) + a[f"{n}.logit_shift"].view(-1, 1, 1)
-    time_bias = (a[f"{n}.eta"][:steps] + a[f"{n}.plastic_bias"])[:, None, :, None, None]
-    mask = sigma(logits + time_bias)
-    current = pool + mask * (conv - pool)
+    mask = sigma(equations.mask_input(_logits(a, n, pool), *_eta_b(a, n, steps)))
+    current = equations.mix(mask, conv, pool)
     out[f"mask_mean.{n}"] = mask.mean(dim=(3, 4)).transpose(0, 1).numpy()
     # per-image drives as PlasticFlexLayer defines them (equations.pathway_drive per step, mean over steps;
     # a batch of one image)
     out[f"r_sel.{n}"] = equations.pathway_drive(conv, (3, 4)).mean(0).numpy()
     out[f"r_inv.{n}"] = equations.pathway_drive(pool, (3, 4)).mean(0).numpy()
     return current
+
+
+def _logits(a: dict[str, torch.Tensor], n: str, pool: torch.Tensor) -> torch.Tensor:
+    """:data:`core.equations.LOGITS` of flex layer ``n`` with its folded BN."""
+    return equations.flex_logits(pool, a[f"{n}.threshold"], a[f"{n}.logit_scale"].view(-1, 1, 1),
+                                 a[f"{n}.logit_shift"].view(-1, 1, 1))
+
+
+def _eta_b(a: dict[str, torch.Tensor], n: str, steps: int, ticks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eta`` per tick ``[T K, 1, C, 1, 1]`` and the plastic bias ``b`` ``[C, 1, 1]`` of flex layer ``n``."""
+    return a[f"{n}.eta"][:steps].repeat_interleave(ticks, 0)[:, None, :, None, None], a[f"{n}.plastic_bias"][:, None, None]
 
 
 def _reference_ticks(export: Export, a: dict[str, torch.Tensor], x: torch.Tensor, params: LIFParams, sigma,
@@ -190,14 +197,10 @@ def _reference_ticks(export: Export, a: dict[str, torch.Tensor], x: torch.Tensor
             held = bias[None, None]
             if layer.kind == "flex":
                 fires, seen = or_relay(window, steps)
-                if layer.c_in != layer.c_out:
-                    pmap = a[f"{n}.pool_map"][:, :, None, None]
-                    fires, seen = (F.conv2d(p.flatten(0, 1), pmap).unflatten(0, p.shape[:2]) for p in (fires, seen))
-                logits = ((seen - a[f"{n}.threshold"]) * a[f"{n}.logit_scale"].view(-1, 1, 1)
-                          + a[f"{n}.logit_shift"].view(-1, 1, 1))
-                time_bias = (a[f"{n}.eta"][:steps] + a[f"{n}.plastic_bias"]).repeat_interleave(ticks, 0)
-                mask = sigma(logits + time_bias[:, None, :, None, None])
-                held, charge = mask * bias, fires + mask * (charge - fires)
+                fires, seen = (map_channels(p.flatten(0, 1), a[f"{n}.pool_map"]).unflatten(0, p.shape[:2])
+                               for p in (fires, seen))
+                mask = sigma(equations.mask_input(_logits(a, n, seen), *_eta_b(a, n, steps, ticks)))
+                held, charge = mask * bias, equations.mix(mask, charge, fires)
                 out[f"mask_mean.{n}"] = step_sum(mask.mean(dim=(3, 4)), steps).transpose(0, 1).numpy() / ticks
                 conv_step = step_sum(F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], None, layer.stride,
                                               layer.padding).unflatten(0, x.shape[:2]), steps) + bias

@@ -73,8 +73,7 @@ class PlasticFlexLayer(nn.Module):
         # input at the unit scale of the plain VGG; without it the deep spiking nets fire too
         # sparsely to learn (flex-stbp on vgg11: 18 % vs 29 % test accuracy after 200 steps).
         # With m = 1 (conv_only) the conv path carries the whole current from the start.
-        share = float(F.hardsigmoid(torch.tensor(mask_init)) if sigma is MaskSigma.HARD
-                      else torch.sigmoid(torch.tensor(mask_init)))
+        share = float(equations.mask_sigma(self.sigma)(torch.tensor(mask_init)))
         if self.mask_mode is MaskMode.CONV_ONLY:
             share = 1.0
         nn.init.constant_(self.bn.weight, 1.0 / max(share, MIN_INIT_SHARE))
@@ -93,18 +92,20 @@ class PlasticFlexLayer(nn.Module):
     def pool_path(self, x: torch.Tensor) -> torch.Tensor:
         """Invariance pathway ``P @ maxpool(x)`` on ``[N, C_in, H, W]``."""
         pooled = fused.max_pool(x, self.kernel, self.stride, self.padding)
-        if self.channel_map.shape[0] == self.channel_map.shape[1]:
-            return pooled  # C_in == C_out: the map is the identity
-        return F.conv2d(pooled, self.channel_map[:, :, None, None])
+        return map_channels(pooled, self.channel_map)
 
     def logits(self, pool: torch.Tensor) -> torch.Tensor:
-        """Threshold mechanism ``BN(Pool(x) - threshold)``."""
+        """Threshold mechanism ``BN(Pool(x) - threshold)``.
+
+        The BN module, not :data:`core.equations.LOGITS`: in training it normalises with the batch's
+        statistics; the export folds its inference form into ``LOGITS``' scale and shift.
+        """
         return self.logit_bn(pool - self.threshold)
 
     def mask_fn(self, z: torch.Tensor) -> torch.Tensor:
-        # equations.hard_sigmoid, not the fused F.hardsigmoid: the latter's backward has no derivative, so
+        # core.equations' sigma, not the fused F.hardsigmoid: the latter's backward has no derivative, so
         # Hessian-vector products (double backward, analysis.landscape) would fail on every flex model.
-        return equations.hard_sigmoid(z) if self.sigma is MaskSigma.HARD else torch.sigmoid(z)
+        return equations.mask_sigma(self.sigma)(z)
 
     def forward(self, x: torch.Tensor, steps: int) -> FlexOutput:
         if x.shape[0] not in (1, steps):
@@ -116,12 +117,12 @@ class PlasticFlexLayer(nn.Module):
             return FlexOutput(conv, torch.ones_like(conv[:, :1]).expand_as(conv), None, None, None)
         pool = flat_time(self.pool_path, x)
         logits = flat_time(self.logits, pool)
-        time_bias = (self.eta[:steps] + self.plastic_bias)[:, None, :, None, None]  # [T, 1, C, 1, 1]
+        eta, b = self.eta[:steps, None, :, None, None], self.plastic_bias[:, None, None]  # [T, 1, C, 1, 1], [C, 1, 1]
         if fused.use_fused(self):  # the same numbers in one autograd node
-            current, mask = fused.mask_mix(logits, time_bias, conv, pool, self.sigma is MaskSigma.HARD)
+            current, mask = fused.mask_mix(logits, eta + b, conv, pool, self.sigma is MaskSigma.HARD)
         else:
-            mask = self.mask_fn(logits + time_bias)  # broadcasts a constant input to T steps
-            current = torch.addcmul(pool, mask, conv - pool)  # m*conv + (1-m)*pool
+            mask = self.mask_fn(equations.mask_input(logits, eta, b))  # broadcasts a constant input to T steps
+            current = mix_fma(mask, conv, pool)
         r_sel = r_inv = moments = None
         if self.training:  # pathway drives for the plasticity rule
             with torch.no_grad():
@@ -133,6 +134,24 @@ class PlasticFlexLayer(nn.Module):
     def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, rate: float, decay: float) -> None:
         """Hebbian update of the plastic bias, ``b += rate (r_sel - r_inv) - decay b``."""
         self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, rate, decay, self.plastic_bias)
+
+
+def mix_fma(mask: torch.Tensor, conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """:data:`core.equations.MIX`, ``pool + m (conv - pool)``, as one ``torch.addcmul``.
+
+    The fused multiply-add rounds once less than the arithmetic of ``MIX`` (equal up to one rounding,
+    tested); training keeps it because the trained models were trained with it.
+    """
+    return torch.addcmul(pool, mask, conv - pool)
+
+
+def map_channels(pooled: torch.Tensor, channel_map: torch.Tensor) -> torch.Tensor:
+    """``P @ pooled`` over the channels of ``[N, C_in, H, W]``; skipped where :func:`core.equations.maps_channels`
+    says ``P`` is the identity."""
+    c_out, c_in = channel_map.shape
+    if not equations.maps_channels(c_in, c_out):
+        return pooled
+    return F.conv2d(pooled, channel_map[:, :, None, None])
 
 
 def pathway_moments(conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,12 @@ compute exactly what the reference code computes (:meth:`PlasticFlexLayer.forwar
 and :func:`training.neurons.lif_multistep`), in fewer passes over memory and
 with fewer autograd nodes:
 
-* :func:`mask_mix` — ``z = logits + eta(t) + b``, ``m = sigma(z)``,
-  ``u = pool + m (conv - pool)`` in one node. The forward uses the same
-  arithmetic as the reference, so ``u`` and ``m`` are bit-identical; the
-  backward is one pass per input.
+* :func:`mask_mix` — :data:`core.equations.MASK_INPUT`, the mask's sigma and
+  :data:`core.equations.MIX` (``z = logits + (eta(t) + b)``, ``m = sigma(z)``,
+  ``u = pool + m (conv - pool)``) in one node. The forward uses the same
+  arithmetic as :class:`PlasticFlexLayer`'s unfused path (``m`` as the core
+  functions, ``u`` as one ``addcmul``, :func:`training.flex.mix_fma`), so ``u``
+  and ``m`` are bit-identical to it; the backward is one pass per input.
 * :func:`lif_fused` — the LIF of :mod:`training.neurons` over all T steps in
   one node (SpikingJelly's multi-step style): the forward loops the step
   equations without building a graph; the backward runs BPTT in reverse with
@@ -77,7 +79,8 @@ def max_pool(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.T
 class _MaskMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, time_bias, conv, pool, hard: bool):  # type: ignore[override]
-        z = logits + time_bias  # [T, B, C, H, W]: broadcasts a constant input to T steps
+        # equations.MASK_INPUT with time_bias = eta + b; [T, B, C, H, W]: broadcasts a constant input to T steps
+        z = logits + time_bias
         if hard:  # same arithmetic as equations.hard_sigmoid: (z / 6 + 1/2).clip(0, 1)
             pre = z.div_(6.0).add_(0.5)
             mask = pre.clamp(0.0, 1.0)
@@ -86,7 +89,7 @@ class _MaskMix(torch.autograd.Function):
             mask = torch.sigmoid(z)
             saved = None
         diff = conv - pool
-        current = torch.addcmul(pool, mask, diff)
+        current = torch.addcmul(pool, mask, diff)  # equations.MIX as training.flex.mix_fma
         ctx.hard = hard
         ctx.shapes = (logits.shape, time_bias.shape, conv.shape, pool.shape)
         ctx.save_for_backward(mask, diff, saved)

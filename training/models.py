@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from core import equations
 from core.config import Downsample, Encoding, Mode, ModelConfig
 from training import fused
 from training.flex import PlasticFlexLayer, drives_from_moments, flat_time
@@ -41,8 +42,6 @@ VGG_STAGES: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SIZE = 32
 
 
@@ -119,8 +118,8 @@ class SpikingVGG(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(equations.CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(equations.CIFAR10_STD).view(1, 3, 1, 1))
         self.stages = nn.ModuleList()
         self.activations = nn.ModuleDict()
         self.names: list[str] = []
@@ -160,7 +159,7 @@ class SpikingVGG(nn.Module):
             rates = images.unsqueeze(0).expand(self.cfg.steps, *images.shape)
             spikes = (torch.rand_like(rates) < rates).to(images.dtype)
             return rates + (spikes - rates).detach()
-        return ((images - self.mean) / self.std).unsqueeze(0)
+        return equations.normalise_input(images, self.mean, self.std).unsqueeze(0)
 
     def run(self, images: torch.Tensor, ticks: int | None = None) -> ModelOutput:
         """Forward pass that also returns every neuron layer's trace.

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import equations
 from core.config import Encoding, MaskMode
-from training.flex import PlasticFlexLayer, drives_from_moments, flat_time, pathway_moments
+from training.flex import (PlasticFlexLayer, drives_from_moments, flat_time, map_channels, mix_fma,
+                           pathway_moments)
 from training.neurons import tick_params
 
 if TYPE_CHECKING:
@@ -99,13 +101,13 @@ def flex_drive(stage: PlasticFlexLayer, x: torch.Tensor, steps: int):
         return bias[None, None], charge_c, torch.ones_like(charge_c[:, :, :1]).expand_as(charge_c), None, None
     window = flat_time(lambda z: F.max_pool2d(z, stage.kernel, stage.stride, stage.padding), x)
     fires, seen = or_relay(window, steps)
-    if stage.channel_map.shape[0] != stage.channel_map.shape[1]:
-        fires, seen = (flat_time(lambda z: F.conv2d(z, stage.channel_map[:, :, None, None]), p) for p in (fires, seen))
+    fires, seen = (flat_time(lambda z: map_channels(z, stage.channel_map), p) for p in (fires, seen))
     pool_step = seen.unflatten(0, (steps, ticks))[:, -1]  # the step's pool (the K = 1 model's)
     lscale, lshift = bn_affine(stage.logit_bn, pool_step - stage.threshold)
-    time_bias = (stage.eta[:steps] + stage.plastic_bias).repeat_interleave(ticks, 0)[:, None, :, None, None]
-    mask = stage.mask_fn(lscale * (seen - stage.threshold) + lshift + time_bias)
-    held, charge = mask * bias, torch.addcmul(fires, mask, charge_c - fires)
+    eta = stage.eta[:steps].repeat_interleave(ticks, 0)[:, None, :, None, None]
+    logits = equations.flex_logits(seen, stage.threshold, lscale, lshift)
+    mask = stage.mask_fn(equations.mask_input(logits, eta, stage.plastic_bias[:, None, None]))
+    held, charge = mask * bias, mix_fma(mask, charge_c, fires)
     moments = None
     if stage.training:  # the drives of the per-step paths, as PlasticFlexLayer (a K = 1 model) measures them
         with torch.no_grad():
