@@ -295,7 +295,11 @@ def plot_fidelity(summary: xr.Dataset, plastic: xr.Dataset | None = None) -> plt
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel("simulation tick (images presented one after another)")
         ax.set_ylabel("channel-mean change of the mask bias b")
-        ax.set_title(f"online plasticity: drift of the mask bias b over {plastic.attrs.get('n_images', '?')} images")
+        lam = plastic.attrs.get("plasticity_rate")  # lambda, named as in --set model.plasticity_rate
+        rule = "" if lam is None else (f"\nλ = model.plasticity_rate = {float(lam):g}, "
+                                       f"δ = model.plasticity_decay = {float(plastic.attrs['plasticity_decay']):g}")
+        ax.set_title(f"online plasticity: drift of the mask bias b over {plastic.attrs.get('n_images', '?')} images"
+                     + rule, fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 from core.errors import CLIError
 from core.results import atomic_path
-from core.validate import output_dir
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # name -> files under ROOT that the notebook reads (glob patterns)

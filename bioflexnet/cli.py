@@ -14,7 +14,7 @@ from pathlib import Path
 from bioflexnet import analysis_cli, combine, sim_cli
 from core.config import PROFILES, Arch, Mode, make_config
 from core.errors import CLIError, UserError
-from core.validate import PathError, int_in, output_dir, positive_int, seed_int
+from core.validate import int_in, output_dir, positive_int, seed_int
 
 EXIT_USER_ERROR = 2
 

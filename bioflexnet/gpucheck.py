@@ -103,7 +103,7 @@ def stage_throughput(args, device: str) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            model.apply_plasticity(out.layers)
+            model.apply_plasticity(out)
 
         for _ in range(2):  # warm-up (cuDNN autotuning, allocator)
             step()

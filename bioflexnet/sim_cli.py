@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from core.variants import Variant
 from core.validate import finite_float, output_dir, seed_int
 
 EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
@@ -107,26 +106,25 @@ def cmd_sim(args: argparse.Namespace) -> None:
         return
     ds = to_dataset(result, export, options, keep_spikes=args.keep_spikes)
     write_dataset(ds, out / RESULT_FILE)
-    print(summary(ds, export.header))
+    print(summary(ds, export.model))
     print(f"written to {out / RESULT_FILE}")
 
 
-def summary(ds, header: dict) -> str:
-    """A few lines: per-layer spike agreement, class agreement, accuracy and wall time."""
-    m = header["model"]
-    variant = (f"{Variant.of(bool(m.get('flex')), m['mode'], m.get('downsample') == 'maxpool')} "
-               f"({m.get('arch')}, T={m['steps']})")
+def summary(ds, m) -> str:
+    """A few lines (``m``: the export's :class:`core.export_format.ModelHeader`): per-layer spike agreement,
+    class agreement, accuracy and wall time."""
+    variant = f"{m.variant} ({m.arch}, T={m.steps})"
     lines = [f"{variant}: {ds.attrs['mode']} mode on {ds.attrs['device']}, {ds.attrs['n_images']} images, "
              f"plasticity {'on' if ds.attrs['plasticity'] == 'True' else 'off'}, dt = {ds.attrs['dt_ms']:.4g} ms"
              + (f", {ds.attrs['synapse']} synapses" if "synapse" in ds.attrs else ""),
              f"{'layer':<8} {'agreement':>10} {'mismatches':>11} {'rate':>7} {'ref rate':>9}"]
     if "step_ms" in ds.attrs:  # the physics simulated
-        trained = m.get("ticks", 1)
+        trained = m.ticks
         lines.insert(1, f"physics: K = {ds.attrs['substeps']} ticks per step (trained at {trained}), "
                         f"step = {ds.attrs['step_ms']:.4g} ms, tau_m = {ds.attrs['tau_m_ms']:.4g} ms, "
                         f"V_rest = {ds.attrs['v_rest_mv']:.4g} mV, V_th = {ds.attrs['v_threshold_mv']:.4g} mV, "
                         f"refractory {ds.attrs['refractory_ms']:.4g} ms, {ds.attrs['synapse']} synapses, "
-                        f"presentation {m['steps']} steps = {m['steps'] * ds.attrs['step_ms']:.4g} ms")
+                        f"presentation {m.steps} steps = {m.steps * ds.attrs['step_ms']:.4g} ms")
     for i, layer in enumerate(ds.layer.values):
         lines.append(f"{layer:<8} {float(ds.spike_agreement[i]):10.6f} {int(ds.spike_mismatches[i]):11d} "
                      f"{float(ds.firing_rate[i]):7.4f} {float(ds.reference_firing_rate[i]):9.4f}")

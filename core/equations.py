@@ -181,19 +181,19 @@ def drive_from_moments(mean_relu, mean_square):
     return mean_relu / (mean_square + EPS) ** 0.5
 
 
-def plasticity_delta(r_sel, r_inv, rate: float, decay: float, b):
+def plasticity_delta(r_sel, r_inv, plasticity_rate: float, plasticity_decay: float, b):
     """Change of the plastic mask bias: ``Δb = λ (r_sel − r_inv) − δ b``."""
-    return rate * (r_sel - r_inv) - decay * b
+    return plasticity_rate * (r_sel - r_inv) - plasticity_decay * b
 
 
 # Brian2 renderings (per tick, per channel; in sim/ the means over positions are summed variables)
 DRIVE = Equation("drive", drive_from_moments, f"{{mean_relu}} / sqrt({{mean_square}} + {EPS!r})")
-PLASTICITY = Equation("plasticity", plasticity_delta, "{rate}*({r_sel} - {r_inv}) - {decay}*{b}")
+PLASTICITY = Equation("plasticity", plasticity_delta, "{plasticity_rate}*({r_sel} - {r_inv}) - {plasticity_decay}*{b}")
 
 
-def plasticity_bound(rate: float, decay: float) -> float:
+def plasticity_bound(plasticity_rate: float, plasticity_decay: float) -> float:
     """Largest ``|b|`` the rule can reach from ``b = 0`` (``inf`` without decay)."""
-    return rate / decay if decay > 0 else (0.0 if rate == 0 else float("inf"))
+    return plasticity_rate / plasticity_decay if plasticity_decay > 0 else (0.0 if plasticity_rate == 0 else float("inf"))
 
 
 def channel_map_matrix(c_in: int, c_out: int) -> np.ndarray:

@@ -39,7 +39,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -93,40 +94,124 @@ def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 @dataclass(frozen=True)
-class Export:
-    """A loaded export: the header dict and the arrays, validated."""
+class ModelHeader:
+    """``header["model"]``: what the simulator needs to know about the trained network."""
 
-    header: dict[str, Any]
+    steps: int  # T (1 for ann)
+    beta: float  # membrane decay per step
+    theta: float  # threshold
+    reset: str  # one of RESETS
+    mask_sigma: str  # one of SIGMAS
+    encoding: str  # one of ENCODINGS
+    plasticity_rate: float  # lambda of the mask plasticity (model.plasticity_rate)
+    plasticity_decay: float  # delta (model.plasticity_decay)
+    num_classes: int
+    flex: bool  # PlasticFlex layers (written by every export; else read from the layers' kinds)
+    ticks: int = 1  # K ticks per step the network was trained at
+    mode: str = "stbp"
+    arch: str = ""
+    width: float | None = None
+    downsample: str = "conv"  # the twin VGG's down-sampling stages: conv | maxpool
+
+    @property
+    def variant(self):
+        """The :class:`core.variants.Variant` this export was trained as."""
+        from core.variants import Variant
+
+        return Variant.of(self.flex, self.mode, self.downsample == "maxpool")
+
+
+@dataclass(frozen=True)
+class Physics:
+    """``header["physics"]``: the physical reading of the trained dynamics (defaults for older exports)."""
+
+    tau_m_ms: float = 10.0
+    v_rest_mv: float = -65.0
+    v_threshold_mv: float = -50.0
+    ticks: int = 1
+    step_ms: float | None = None  # tau_m ln(1/beta); None without a leaky membrane
+    dt_ms: float | None = None
+    refractory_ms: float | None = None
+    synapse: str = "delta"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """``header["run"]``: where the export came from."""
+
+    run_dir: str = ""
+    checkpoint_sha256: str = ""
+    config: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # RunConfig.to_dict()
+
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("seed")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The export header, parsed (after validation) into typed, frozen parts."""
+
+    format_version: int
+    model: ModelHeader
+    physics: Physics
+    layers: tuple[LayerSpec, ...]
+    readout_features: int
+    input_seed: int | None  # Poisson encoding: the seed of the reference's input spikes
+    run: RunInfo
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> "Header":
+        from core.equations import PHYSICS_DEFAULTS
+
+        def known(kind, values: dict) -> dict:
+            names = {f.name for f in fields(kind)}
+            return {k: v for k, v in values.items() if k in names}
+
+        run = d.get("run", {})
+        return cls(
+            format_version=int(d["format_version"]),
+            model=ModelHeader(**known(ModelHeader, {"flex": any(x["kind"] == "flex" for x in d["layers"]),
+                                                    **d["model"]})),
+            physics=Physics(**known(Physics, {**PHYSICS_DEFAULTS, **d.get("physics", {})})),
+            layers=tuple(LayerSpec(x["name"], x["kind"], x["c_in"], x["c_out"], tuple(x["in_size"]),
+                                   tuple(x["out_size"]), x["kernel"], x["stride"], x["padding"]) for x in d["layers"]),
+            readout_features=int(d["readout"]["features"]),
+            input_seed=d.get("reference", {}).get("input_seed"),
+            run=RunInfo(str(run.get("run_dir", "")), str(run.get("checkpoint_sha256", "")),
+                        MappingProxyType(dict(run.get("config") or {}))))
+
+
+@dataclass(frozen=True)
+class Export:
+    """A loaded export: the parsed header and the arrays, validated."""
+
+    header: Header
     arrays: dict[str, np.ndarray]
     path: Path | None = None
 
     @property
-    def model(self) -> dict[str, Any]:
-        return self.header["model"]
+    def model(self) -> ModelHeader:
+        return self.header.model
 
     @property
     def steps(self) -> int:
-        return int(self.model["steps"])
+        return self.model.steps
 
     @property
     def ticks(self) -> int:
         """K ticks per step the network was trained at (1 for exports that predate the field)."""
-        return int(self.model.get("ticks", 1))
+        return self.model.ticks
 
     @property
-    def physics(self) -> dict[str, Any]:
-        """Physical parameters of the trained dynamics (``tau_m_ms``, ``v_rest_mv``, ``v_threshold_mv``, ...).
-
-        Exports that predate the field get the defaults of :data:`core.equations.PHYSICS_DEFAULTS`.
-        """
-        from core.equations import PHYSICS_DEFAULTS
-
-        return {**PHYSICS_DEFAULTS, **self.header.get("physics", {})}
+    def physics(self) -> Physics:
+        """Physical parameters of the trained dynamics (defaults of :data:`core.equations.PHYSICS_DEFAULTS`
+        for exports that predate the field)."""
+        return self.header.physics
 
     @property
     def layers(self) -> list[LayerSpec]:
-        return [LayerSpec(d["name"], d["kind"], d["c_in"], d["c_out"], tuple(d["in_size"]), tuple(d["out_size"]),
-                          d["kernel"], d["stride"], d["padding"]) for d in self.header["layers"]]
+        return list(self.header.layers)
 
     @property
     def neuron_layers(self) -> list[LayerSpec]:
@@ -187,6 +272,12 @@ def read_export(path: str | os.PathLike) -> Export:
     return Export(export.header, export.arrays, path)
 
 
+def params_only(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Export:
+    """An export of the parameters alone (no reference arrays), for computing the reference itself."""
+    return Export(Header.parse({"format_version": FORMAT_VERSION, **header}),
+                  {k: v for k, v in arrays.items() if not k.startswith("ref.")})
+
+
 def validate(header: Any, arrays: dict[str, np.ndarray], source: str) -> Export:
     """Check the header and every array's presence, shape, dtype and finiteness."""
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
@@ -219,7 +310,7 @@ def validate(header: Any, arrays: dict[str, np.ndarray], source: str) -> Export:
     unknown = sorted(set(arrays) - set(expected))
     if unknown:
         raise ExportError(f"{source} holds unexpected arrays {unknown}; it was written by another version.")
-    return Export(header, {k: np.asarray(arrays[k]) for k in expected})
+    return Export(Header.parse(header), {k: np.asarray(arrays[k]) for k in expected})
 
 
 def _n_reference(arrays: dict[str, np.ndarray], source: str) -> int:

@@ -62,21 +62,21 @@ class Dynamics:
                           "step_start": TimedArray(np.tile(step, n_images * steps), dt=dt),
                           "late": TimedArray(np.tile(late, n_images), dt=dt)}
         if bio is None:
-            self.constants = {"beta": model["beta"], "theta": model["theta"]}
+            self.constants = {"beta": model.beta, "theta": model.theta}
             self.v_unit, self.leak, self.gain = "1", "beta*v", ""
             self.threshold = "v >= theta"
-            self.reset = "v -= theta" if model["reset"] == "subtract" else "v = 0"
+            self.reset = "v -= theta" if model.reset == "subtract" else "v = 0"
             self.start = "acc_c = 0\nacc_p = 0\nv = v*(1 - image_start(t))"
             self.v_init = 0.0
         else:
             # exp(-dt/tau_m) = beta**(1/K): the one formula PyTorch's tick model uses (core.equations)
-            decay = equations.tick_decay(model["beta"], substeps)
+            decay = equations.tick_decay(model.beta, substeps)
             ticks = max(1, int(round(float(bio.refractory / dt))))
             self.constants = {"v_rest": bio.v_rest, "v_th": bio.v_threshold, "decay": decay,
                               "gain": (1.0 - decay) * bio.drive, "refractory_ticks": ticks}
             self.v_unit, self.leak, self.gain = "volt", "v_rest + (v - v_rest)*decay", "gain*"
             self.threshold = "v >= v_th and wait < 0.5"
-            reset = "v -= v_th - v_rest" if model["reset"] == "subtract" else "v = v_rest"
+            reset = "v -= v_th - v_rest" if model.reset == "subtract" else "v = v_rest"
             self.reset = reset + "\nwait = refractory_ticks"
             clear = "acc_c = 0\nacc_p = 0\n" if self.delta else ("acc_c = acc_c*(1 - image_start(t))\n"
                                                                  "acc_p = acc_p*(1 - image_start(t))\n")

@@ -98,5 +98,8 @@ def mask_unit_model() -> str:
 
 
 def plasticity_rule() -> str:
-    """The online rule (:data:`core.equations.PLASTICITY`), with ``lam`` / ``decay`` per tick."""
-    return f"b += {equations.PLASTICITY.brian(rate='lam', r_sel='rs', r_inv='ri', decay='decay', b='b')}"
+    """The online rule (:data:`core.equations.PLASTICITY`), with ``plasticity_rate_tick`` /
+    ``plasticity_decay_tick`` = ``model.plasticity_rate`` / ``model.plasticity_decay`` per tick."""
+    rule = equations.PLASTICITY.brian(plasticity_rate="plasticity_rate_tick", r_sel="rs", r_inv="ri",
+                                      plasticity_decay="plasticity_decay_tick", b="b")
+    return f"b += {rule}"

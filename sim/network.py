@@ -149,7 +149,7 @@ class _Builder:
         """Neurons of a conv or flex layer fed by ``source`` spikes, or by analog ``drives`` (first layer)."""
         a, name, flex, dyn = self.export.arrays, layer.name, layer.kind == "flex", self.dyn
         ns = {**dyn.namespace, **dyn.constants}
-        code = layer_code(dyn, flex, self.export.model["mask_sigma"], drives is not None, self.timing.substeps)
+        code = layer_code(dyn, flex, self.export.model.mask_sigma, drives is not None, self.timing.substeps)
         group = self.add(NeuronGroup(layer.n_out, code.model, threshold=code.threshold, reset=code.reset,
                                      clock=self.clock, namespace=ns, name=name))
         channel = np.repeat(np.arange(layer.c_out), layer.out_size[0] * layer.out_size[1])
@@ -190,13 +190,13 @@ class _Builder:
         ``rsel`` / ``rinv`` of a neuron are the tick's conv / pool path; the drives of
         :func:`core.equations.pathway_drive` are rendered from their channel means of ``relu(x)`` and
         ``x**2`` (:data:`core.equations.DRIVE`), the update from ``PLASTICITY`` with the
-        per-step rate and decay spread over the ``T K`` ticks of an image.
+        per-step plasticity_rate and plasticity_decay spread over the ``T K`` ticks of an image.
         """
         name, a, model = layer.name, self.export.arrays, self.export.model
         ticks = self.export.steps * self.timing.substeps
         masks = self.add(NeuronGroup(layer.c_out, mask_unit_model(), clock=self.clock, name=f"{name}_mask",
-                                     namespace={"lam": model["plasticity_rate"] / ticks,
-                                                "decay": model["plasticity_decay"] / ticks}))
+                                     namespace={"plasticity_rate_tick": model.plasticity_rate / ticks,
+                                                "plasticity_decay_tick": model.plasticity_decay / ticks}))
         masks.b = a[f"{name}.plastic_bias"]
         group.b = linked_var(masks, "b", index=channel)
         drives = self.add(Synapses(group, masks, "\n".join(f"{v}_post = {e}*inv_npos : 1 (summed)"
@@ -276,7 +276,7 @@ def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity
     n_images = len(images)
     builder = _Builder(export, n_images, timing)
     spikes, masks, source = {}, {}, None
-    direct = export.model["encoding"] == "direct"
+    direct = export.model.encoding == "direct"
     if not direct:
         source = builder.poisson_input(images, fresh_poisson)
     for index, layer in enumerate(export.layers):

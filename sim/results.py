@@ -130,16 +130,17 @@ def options_key(options: SimOptions) -> str:
 
 
 def _attrs(result: SimResult, export: Export, options: SimOptions) -> dict:
-    run = export.header.get("run", {})
-    config = run.get("config")
-    attrs = provenance(config, config.get("seed") if isinstance(config, dict) else None)
+    run = export.header.run
+    attrs = provenance(dict(run.config) or None, run.seed)
     timing = result.timing
     attrs.update({
         "mode": options.mode, "device": options.device, "plasticity": str(options.plasticity),
         "n_images": options.n_images, "substeps": timing.substeps, "dt_ms": float(timing.dt) * 1e3,
         "trained_ticks": export.ticks,
-        "export_path": str(export.path), "export_format_version": export.header["format_version"],
-        "source_run_dir": str(run.get("run_dir", "")),
+        "export_path": str(export.path), "export_format_version": export.header.format_version,
+        "source_run_dir": run.run_dir, "variant": str(export.model.variant),
+        # lambda and delta of the mask plasticity, named as in the config (model.plasticity_rate / _decay)
+        "plasticity_rate": export.model.plasticity_rate, "plasticity_decay": export.model.plasticity_decay,
         "options": options_key(options),
         **{f"timing_{k}": float(v) for k, v in result.timings.items()},
     })

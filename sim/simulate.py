@@ -93,10 +93,10 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
     if substeps < 1:
         raise SimError(f"--substeps={substeps} must be >= 1 (ticks per PyTorch step).")
     phys = export.physics
-    tau_m = phys["tau_m_ms"] if options.tau_m_ms is None else options.tau_m_ms
+    tau_m = phys.tau_m_ms if options.tau_m_ms is None else options.tau_m_ms
     if not tau_m > 0:
         raise SimError(f"--tau-m-ms={tau_m}: the membrane time constant must be positive.")
-    step_ms = tau_m * float(np.log(1.0 / export.model["beta"])) if 0.0 < export.model["beta"] < 1.0 else None
+    step_ms = tau_m * float(np.log(1.0 / export.model.beta)) if 0.0 < export.model.beta < 1.0 else None
     if options.refractory_ms is not None and step_ms is not None:
         dt_ms, ref = step_ms / substeps, options.refractory_ms
         ticks = ref / dt_ms
@@ -104,9 +104,9 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
             raise SimError(f"--refractory-ms={ref} is not a whole number (>= 1) of ticks of dt = {dt_ms:.6g} ms "
                            f"(one step = {step_ms:.6g} ms, {substeps} ticks); give e.g. {step_ms:.6g} (one step).")
     try:
-        bio = discrete_to_biophysical(export.model["beta"], export.model["theta"], tau_m * ms,
-                                      (phys["v_rest_mv"] if options.v_rest_mv is None else options.v_rest_mv) * mV,
-                                      (phys["v_threshold_mv"] if options.v_threshold_mv is None
+        bio = discrete_to_biophysical(export.model.beta, export.model.theta, tau_m * ms,
+                                      (phys.v_rest_mv if options.v_rest_mv is None else options.v_rest_mv) * mV,
+                                      (phys.v_threshold_mv if options.v_threshold_mv is None
                                        else options.v_threshold_mv) * mV,
                                       None if options.refractory_ms is None else options.refractory_ms * ms)
     except ValueError as exc:
@@ -121,7 +121,7 @@ def check_options(export: Export, options: SimOptions) -> Timing:
     if not 1 <= options.n_images <= export.n_reference:
         raise SimError(f"--images={options.n_images}: the export holds {export.n_reference} reference images; "
                        f"ask for 1..{export.n_reference}, or export again with `bioflexnet export RUN_DIR --images N`.")
-    if options.fresh_poisson and export.model["encoding"] != "poisson":
+    if options.fresh_poisson and export.model.encoding != "poisson":
         raise SimError("--fresh-poisson needs a Poisson-encoded export; this one feeds the image as a current.")
     return make_timing(export, options)
 
@@ -171,7 +171,7 @@ def simulate(export: Export, options: SimOptions) -> SimResult:
         net = build_network(export, images, timing, options.plasticity, options.fresh_poisson)
         build_s = time.perf_counter() - t0
         if not session.run(net.network, net.duration):
-            classes = int(export.model.get("num_classes", 10))
+            classes = export.model.num_classes
             return SimResult({}, {}, np.zeros((0, classes)), {}, timing,
                              {"build_network_s": build_s, **session.timings}, None, ran=False)
         spikes, masks, logits, latency, spike_ticks = collect(net, export, options.n_images, timing)
@@ -195,24 +195,25 @@ def neuron_model_text(export: Export, options: SimOptions) -> str:
     timing = make_timing(export, options)
     model = export.model
     dyn = Dynamics(model, export.steps, 1, timing.substeps, timing.dt, timing.bio, timing.synapse)
-    direct = model["encoding"] == "direct"
+    direct = model.encoding == "direct"
     kinds: dict[tuple[str, bool], list[str]] = {}
     for layer in export.neuron_layers:
         kinds.setdefault((layer.kind, direct and layer.name == export.layers[0].name), []).append(layer.name)
     mode = f"{timing.mode} mode" + ("" if timing.bio is None else f" (K = {timing.substeps}, {timing.synapse} synapses)")
-    parts = [f"# Brian2 neuron code, {mode}, mask_sigma = {model['mask_sigma']} (sim.model_code)"]
+    parts = [f"# Brian2 neuron code, {mode}, mask_sigma = {model.mask_sigma} (sim.model_code)"]
     for (kind, analog), names in kinds.items():
         source = "the image (TimedArrays conv_in, pool_in; sim.analog)" if analog else "spikes through synapses"
-        code = layer_code(dyn, kind == "flex", model["mask_sigma"], analog, timing.substeps)
+        code = layer_code(dyn, kind == "flex", model.mask_sigma, analog, timing.substeps)
         parts.append(f"## {kind} layer{'s' if len(names) > 1 else ''} {', '.join(names)}, driven by {source}\n"
                      + code.text().rstrip())
     if any(kind == "flex" for kind, _ in kinds):
         parts.append("## mask unit per channel of a flex layer (L_mask), moments summed over positions\n"
-                     f"model:\n" + "".join(f"    {line}\n" for line in mask_unit_model().strip().splitlines())
+                     "model:\n" + "".join(f"    {line}\n" for line in mask_unit_model().strip().splitlines())
                      + f"plasticity (every tick, with --plasticity):\n    {plasticity_rule()}\n"
-                     f"    in the mask unit's namespace: lam = plasticity_rate / (T K) = {model['plasticity_rate']} / "
-                     f"{export.steps * timing.substeps}, decay = plasticity_decay / (T K) = "
-                     f"{model['plasticity_decay']} / {export.steps * timing.substeps}")
+                     f"    in the mask unit's namespace: plasticity_rate_tick = model.plasticity_rate / (T K) = "
+                     f"{model.plasticity_rate} / "
+                     f"{export.steps * timing.substeps}, plasticity_decay_tick = model.plasticity_decay / (T K) = "
+                     f"{model.plasticity_decay} / {export.steps * timing.substeps}")
     on_pre = dyn.drive("acc_c", False)["on_pre"]
     parts.append("## synapses (conv path into acc_c, channel map into acc_p)\n"
                  f"on_pre: {on_pre}")

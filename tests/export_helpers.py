@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from core import equations
-from core.export_format import FORMAT_VERSION, Export, pack_spikes, read_export, write_export
+from core.export_format import Export, pack_spikes, params_only, read_export, write_export
 from training.export import reference_forward
 
 
@@ -29,8 +29,8 @@ def _layers(flex: bool) -> list[dict]:
 
 
 def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: int = 3, beta: float = 0.5,
-                  reset: str = "subtract", sigma: str = "hard", rate: float = 0.05, encoding: str = "direct",
-                  seed: int = 0, decay: float = 0.01, ticks: int = 1) -> Export:
+                  reset: str = "subtract", sigma: str = "hard", plasticity_rate: float = 0.05, encoding: str = "direct",
+                  seed: int = 0, plasticity_decay: float = 0.01, ticks: int = 1) -> Export:
     """Write a random export to ``path`` and return it read back (validated)."""
     rng = np.random.default_rng(seed)
     layers = _layers(flex)
@@ -38,8 +38,8 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
     features = last["c_out"] * last["out_size"][0] ** 2
     header = {
         "model": {"arch": "tiny", "flex": flex, "mode": "stbp", "steps": steps, "beta": beta, "theta": 1.0,
-                  "reset": reset, "mask_sigma": sigma, "encoding": encoding, "plasticity_rate": rate,
-                  "plasticity_decay": decay, "num_classes": 10, **({"ticks": ticks} if ticks > 1 else {})},
+                  "reset": reset, "mask_sigma": sigma, "encoding": encoding, "plasticity_rate": plasticity_rate,
+                  "plasticity_decay": plasticity_decay, "num_classes": 10, **({"ticks": ticks} if ticks > 1 else {})},
         "layers": layers, "readout": {"source": last["name"], "features": features},
         "reference": {"split": "random", "selection": "random images", "dtype": "float64", "plasticity": "off",
                       "input_seed": seed},
@@ -64,7 +64,7 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
             arrays[f"{n}.eta"] = rng.uniform(-2, 2, (steps, c_out))
             arrays[f"{n}.plastic_bias"] = rng.uniform(-0.5, 0.5, c_out)
     images = rng.integers(0, 256, (n_images, 3, 32, 32), dtype=np.uint8)
-    ref = reference_forward(Export({"format_version": FORMAT_VERSION, **header}, arrays), images)
+    ref = reference_forward(params_only(header, arrays), images)
     arrays.update({"ref.images": images, "ref.labels": rng.integers(0, 10, n_images),
                    "ref.logits": ref.pop("logits")})
     arrays["ref.model_logits"] = arrays["ref.logits"].copy()  # no float32 model behind a random export

@@ -15,7 +15,7 @@ N = 2000
 def _inputs(eq: Equation) -> dict[str, np.ndarray]:
     """Random float64 inputs for every argument, in ranges that reach every branch (both clips, etc.)."""
     ranges = {"z": (-8.0, 8.0), "m": (0.0, 1.0), "mean_relu": (0.0, 1.0), "mean_square": (0.0, 2.0),
-              "std": (0.2, 0.3), "rate": (0.0, 0.1), "decay": (0.0, 0.1)}
+              "std": (0.2, 0.3), "plasticity_rate": (0.0, 0.1), "plasticity_decay": (0.0, 0.1)}
     return {name: RNG.uniform(*ranges.get(name, (-3.0, 3.0)), N) for name in eq.args}
 
 
@@ -148,7 +148,8 @@ def test_printed_neuron_model_holds_the_rendered_equations(tmp_path, sigma, mode
     assert f"m = {equations.mask_sigma(sigma).brian(z='z')}" in text
     assert equations.MIX.brian(m="m", conv="Ic" if mode == "exact" else "acc_c", pool="Ip") in text
     assert ("v >= theta" if mode == "exact" else "v >= v_th") in text
-    assert "b += " + equations.PLASTICITY.brian(rate="lam", r_sel="rs", r_inv="ri", decay="decay", b="b") in text
+    assert "b += " + equations.PLASTICITY.brian(plasticity_rate="plasticity_rate_tick", r_sel="rs", r_inv="ri",
+                                                  plasticity_decay="plasticity_decay_tick", b="b") in text
     assert "driven by the image" in text and "driven by spikes" in text  # the analog first layer and the others
 
 

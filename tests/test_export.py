@@ -8,7 +8,7 @@ from export_helpers import random_export
 
 from core.config import make_config
 from core.export_format import FORMAT_VERSION, ExportError, read_export
-from training.export import build_export, fold_conv, reference_forward
+from training.export import build_export, fold_conv
 from training.models import SpikingVGG
 
 
@@ -106,7 +106,7 @@ def _rewrite(src, dst, header_change=None, drop=None, change=None):
 
 def test_export_roundtrip(tiny):
     again = read_export(tiny.path)
-    assert again.header["format_version"] == FORMAT_VERSION
+    assert again.header.format_version == FORMAT_VERSION
     assert [la.name for la in again.layers] == ["conv1", "down1", "conv2"]
     assert again.reference_spikes("conv2").shape == (2, 2, 6, 16, 16)
 

@@ -120,7 +120,7 @@ def test_plasticity_moves_mask_toward_the_stronger_pathway():
     out = layer(x, 1)
     assert (out.r_sel > out.r_inv).all()
     m_before = out.mask.mean().item()
-    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.5, decay=0.1)
+    layer.apply_plasticity(out.r_sel, out.r_inv, plasticity_rate=0.5, plasticity_decay=0.1)
     assert (layer.plastic_bias > 0).all()  # conv path won: its share grows
     torch.testing.assert_close(layer.plastic_bias, 0.5 * (out.r_sel - out.r_inv))
     assert layer(x, 1).mask.mean().item() > m_before
@@ -129,7 +129,7 @@ def test_plasticity_moves_mask_toward_the_stronger_pathway():
     out = layer(x, 1)
     assert (out.r_sel < out.r_inv).all()
     before = layer.plastic_bias.clone()
-    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.5, decay=0.1)
+    layer.apply_plasticity(out.r_sel, out.r_inv, plasticity_rate=0.5, plasticity_decay=0.1)
     assert (layer.plastic_bias < before).all()
     torch.testing.assert_close(layer.plastic_bias, 0.9 * before + 0.5 * (out.r_sel - out.r_inv))
 
@@ -137,7 +137,7 @@ def test_plasticity_moves_mask_toward_the_stronger_pathway():
 def test_zero_rate_disables_plasticity():
     layer = PlasticFlexLayer(2, 3, 3, 1, 1, (4, 4), 1).train()
     out = layer(torch.rand(1, 4, 2, 4, 4), 1)
-    layer.apply_plasticity(out.r_sel, out.r_inv, rate=0.0, decay=0.0)
+    layer.apply_plasticity(out.r_sel, out.r_inv, plasticity_rate=0.0, plasticity_decay=0.0)
     assert torch.count_nonzero(layer.plastic_bias) == 0
 
 

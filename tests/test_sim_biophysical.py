@@ -67,7 +67,7 @@ def test_biophysical_mode_at_one_tick_per_step_equals_exact_mode(tmp_path, flex,
 @pytest.mark.parametrize("synapse", ["delta", "pulse"])
 def test_online_plasticity_at_one_tick_per_step_follows_exact_mode(tmp_path, synapse):
     """The pathway drives of both synapse models are the discrete drives when a step is one tick."""
-    export = random_export(tmp_path / "e.npz", n_images=3, beta=0.6, rate=0.5)
+    export = random_export(tmp_path / "e.npz", n_images=3, beta=0.6, plasticity_rate=0.5)
     exact = simulate(export, SimOptions(n_images=3, plasticity=True))
     bio = simulate(export, SimOptions(n_images=3, mode="biophysical", substeps=1, synapse=synapse, plasticity=True))
     for layer, traces in exact.masks.items():

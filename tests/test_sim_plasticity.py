@@ -19,13 +19,13 @@ def _pytorch_step(export, name: str, image: int) -> np.ndarray:
     layer.plastic_bias.copy_(torch.from_numpy(a[f"{name}.plastic_bias"]))
     r_sel = torch.from_numpy(a[f"ref.r_sel.{name}"][image])
     r_inv = torch.from_numpy(a[f"ref.r_inv.{name}"][image])
-    layer.apply_plasticity(r_sel, r_inv, export.model["plasticity_rate"], export.model["plasticity_decay"])
+    layer.apply_plasticity(r_sel, r_inv, export.model.plasticity_rate, export.model.plasticity_decay)
     return layer.plastic_bias.numpy()
 
 
 def test_one_step_equals_pytorch_apply_plasticity_in_every_layer(tmp_path):
     """With T = 1 one image is one step: Brian2's online update equals PyTorch's offline one, layer by layer."""
-    export = random_export(tmp_path / "e.npz", steps=1, n_images=1, rate=0.05)
+    export = random_export(tmp_path / "e.npz", steps=1, n_images=1, plasticity_rate=0.05)
     result = simulate(export, SimOptions(n_images=1, plasticity=True))
     for layer in export.layers:
         b0 = export.arrays[f"{layer.name}.plastic_bias"]
@@ -33,7 +33,7 @@ def test_one_step_equals_pytorch_apply_plasticity_in_every_layer(tmp_path):
         b_torch = _pytorch_step(export, layer.name, 0)
         np.testing.assert_allclose(b_brian, b_torch, rtol=0, atol=1e-13, err_msg=layer.name)
         # the pathway that drives harder gains weight (the decay pulls b towards 0 on top)
-        rate, decay = export.model["plasticity_rate"], export.model["plasticity_decay"]
+        rate, decay = export.model.plasticity_rate, export.model.plasticity_decay
         delta = export.arrays[f"ref.r_sel.{layer.name}"][0] - export.arrays[f"ref.r_inv.{layer.name}"][0]
         np.testing.assert_allclose(b_brian - b0 * (1 - decay), rate * delta, atol=1e-13)
         assert (np.sign(b_brian - b0 * (1 - decay)) == np.sign(delta)).all()
@@ -45,7 +45,7 @@ def test_first_layer_after_one_image_equals_pytorch(tmp_path):
 
     (Exactly without decay; a decay applied per tick differs from the per-step one at order decay * rate.)
     """
-    export = random_export(tmp_path / "e.npz", steps=2, n_images=1, rate=0.05, decay=0.0)
+    export = random_export(tmp_path / "e.npz", steps=2, n_images=1, plasticity_rate=0.05, plasticity_decay=0.0)
     result = simulate(export, SimOptions(n_images=1, plasticity=True))
     np.testing.assert_allclose(result.masks["conv1"]["b"][0, -1], _pytorch_step(export, "conv1", 0), atol=1e-13)
     # and the update is spread over the steps: half of it after the first of two steps
@@ -55,7 +55,7 @@ def test_first_layer_after_one_image_equals_pytorch(tmp_path):
 
 
 def test_plasticity_moves_the_mask_towards_the_stronger_pathway(tmp_path):
-    export = random_export(tmp_path / "e.npz", n_images=2, rate=0.2)
+    export = random_export(tmp_path / "e.npz", n_images=2, plasticity_rate=0.2)
     off = simulate(export, SimOptions(n_images=2))
     on = simulate(export, SimOptions(n_images=2, plasticity=True))
     b0 = export.arrays["conv1.plastic_bias"]

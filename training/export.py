@@ -20,7 +20,7 @@ from torch import nn
 
 from core import equations
 from core.config import Mode, Reset, RunConfig
-from core.export_format import FORMAT_VERSION, Export, LayerSpec, pack_spikes, write_export
+from core.export_format import Export, LayerSpec, pack_spikes, params_only, write_export
 from core.results import file_sha256, provenance
 from training.flex import PlasticFlexLayer, map_channels
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
@@ -106,14 +106,14 @@ def reference_forward(export: Export, images: np.ndarray) -> dict[str, np.ndarra
     """
     a = {k: torch.from_numpy(v) for k, v in export.arrays.items() if not k.startswith("ref.")}
     model, steps = export.model, export.steps
-    params = LIFParams(model["beta"], model["theta"], Reset(model["reset"]))
-    sigma = equations.mask_sigma(model["mask_sigma"])
+    params = LIFParams(model.beta, model.theta, Reset(model.reset))
+    sigma = equations.mask_sigma(model.mask_sigma)
     x = torch.from_numpy(images).to(torch.float64) / 255.0
     out: dict[str, np.ndarray] = {}
-    if model["encoding"] == "direct":
+    if model.encoding == "direct":
         x = equations.normalise_input(x, a["input.mean"].view(1, 3, 1, 1), a["input.std"].view(1, 3, 1, 1)).unsqueeze(0)
     else:  # Bernoulli spikes with the pixel as probability (as SpikingVGG.encode), drawn from a fixed seed
-        gen = torch.Generator().manual_seed(int(export.header["reference"]["input_seed"]))
+        gen = torch.Generator().manual_seed(int(export.header.input_seed))
         x = (torch.rand((steps, *x.shape), generator=gen, dtype=torch.float64) < x).to(torch.float64)
         out["input_spikes"] = x.transpose(0, 1).to(torch.uint8).numpy()
     if export.ticks > 1:
@@ -174,8 +174,8 @@ def _reference_ticks(export: Export, a: dict[str, torch.Tensor], x: torch.Tensor
     from training.ticks import first_tick, or_relay, step_sum
 
     steps, ticks = export.steps, export.ticks
-    tick = tick_params(export.model["beta"], ticks)
-    analog = export.model["encoding"] == "direct"
+    tick = tick_params(export.model.beta, ticks)
+    analog = export.model.encoding == "direct"
     if not analog:
         x = first_tick(x, ticks)
     for layer in export.layers:
@@ -231,7 +231,8 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
         "model": {"arch": m.arch.value, "flex": m.flex, "mode": m.mode.value, "width": m.width, "steps": m.steps,
                   "beta": m.beta, "theta": m.theta, "reset": m.reset.value, "mask_sigma": m.mask_sigma.value,
                   "encoding": m.encoding.value, "plasticity_rate": m.plasticity_rate,
-                  "plasticity_decay": m.plasticity_decay, "num_classes": m.num_classes, "ticks": m.ticks},
+                  "plasticity_decay": m.plasticity_decay, "num_classes": m.num_classes, "ticks": m.ticks,
+                  "downsample": m.downsample.value},
         "physics": physics(m.beta, m.ticks),
         "layers": layers,
         "readout": {"source": last["name"], "features": last["c_out"] * last["out_size"][0] * last["out_size"][1]},
@@ -248,7 +249,7 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
         torch.manual_seed(cfg.seed)
         arrays["ref.model_logits"] = model(torch.from_numpy(images).float() / 255.0).double().numpy()
     model.train(was_training)
-    ref = reference_forward(_params_only(header, arrays), images)
+    ref = reference_forward(params_only(header, arrays), images)
     arrays["ref.logits"] = ref.pop("logits")
     ref = {k: v for k, v in ref.items() if not k.startswith("spike_ticks.")}  # test aid, not stored
     for key, value in ref.items():
@@ -268,11 +269,6 @@ def physics(beta: float, ticks: int) -> dict:
         return {**p, "ticks": ticks, "synapse": "delta"}
     step = equations.step_ms(beta, p["tau_m_ms"])
     return {**p, "ticks": ticks, "step_ms": step, "dt_ms": step / ticks, "refractory_ms": step, "synapse": "delta"}
-
-
-def _params_only(header: dict, arrays: dict[str, np.ndarray]) -> Export:
-    return Export({"format_version": FORMAT_VERSION, **header},
-                  {k: v for k, v in arrays.items() if not k.startswith("ref.")})
 
 
 def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_IMAGES,

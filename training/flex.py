@@ -131,9 +131,11 @@ class PlasticFlexLayer(nn.Module):
         return FlexOutput(current, mask, r_sel, r_inv, moments)
 
     @torch.no_grad()
-    def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, rate: float, decay: float) -> None:
-        """Hebbian update of the plastic bias, ``b += rate (r_sel - r_inv) - decay b``."""
-        self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, rate, decay, self.plastic_bias)
+    def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, plasticity_rate: float,
+                         plasticity_decay: float) -> None:
+        """Hebbian update of the plastic bias, ``b += plasticity_rate (r_sel - r_inv) - plasticity_decay b``."""
+        self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, plasticity_rate, plasticity_decay,
+                                                        self.plastic_bias)
 
 
 def mix_fma(mask: torch.Tensor, conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
