@@ -50,7 +50,7 @@ def snakemake_command(plan: Plan, root: Path, *, dry_run: bool = False, cluster:
     """The ``snakemake`` command line that runs ``plan`` under ``root``."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(root),
            "--config", f"plan={json.dumps(json.loads(plan.to_json()))}", "--rerun-incomplete",
-           "--printshellcmds", "--show-failed-logs"]
+           "--printshellcmds", "--show-failed-logs", "--quiet", "host"]
     if cluster_profile is not None or cluster is not None:
         profile = Path(cluster_profile) if cluster_profile is not None else PROFILES[cluster]
         if not (profile / "config.yaml").is_file():
