@@ -402,3 +402,25 @@ def test_one_reproduce_per_root(tmp_path, capsys):
         rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", tmp_path / "no-data")
     assert rc == 2
     _one_line_error(out, f"pid {os.getpid()}", "bioflexnet reproduce (the first)")
+
+
+# --- `train --continue`: what the reproduce workflow runs when it (re)starts a training ----------------
+
+def test_continue_resumes_an_unfinished_run_and_restarts_a_changed_one(tiny, tmp_path, capsys):
+    import torch
+
+    data, run = tiny
+    target = _copy_run(run, tmp_path)
+    state = torch.load(target / "checkpoint.pt", weights_only=False)
+    state.update(epoch=0, history=[], test=None)  # as if interrupted before its first epoch ended
+    torch.save(state, target / "checkpoint.pt")
+    rc, out = _run(capsys, "train", *TINY, "--out", target, "--data-dir", data, "--continue")
+    assert rc == 0 and "continuing from epoch 0" in out.out
+    assert not (target / "checkpoint.previous.pt").exists()
+    # a changed config (what a new --set means): trained afresh, the old checkpoint kept beside it
+    before = (target / "checkpoint.pt").read_bytes()
+    rc, out = _run(capsys, "train", *TINY, "--set", "train.lr=0.05", "--out", target, "--data-dir", data,
+                   "--continue")
+    assert rc == 0 and "training afresh (its config differs)" in out.out
+    assert (target / "checkpoint.previous.pt").read_bytes() == before
+    assert torch.load(target / "checkpoint.pt", weights_only=False)["config"]["train"]["lr"] == 0.05
