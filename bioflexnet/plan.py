@@ -182,6 +182,12 @@ class Plan:
             files += [RunLayout.ABLATIONS, "ablations.md"]
         return files
 
+    def costliest(self) -> list[str]:
+        """The trainings to start first (flex stbp and hybrid, about twice the others' time): with the
+        longest jobs first, parallel workers finish together (Snakemake's ``--prioritize``)."""
+        return [f"{RunLayout.run_name(v, s)}/metrics.nc" for v, s in self.runs()
+                if v.flex and v.mode.value in ("stbp", "hybrid")]
+
     def sim_results(self) -> dict[tuple[str, int], dict[str, str]]:
         return {(v, s): {job: f"{RunLayout.run_name(v, s)}/sim/{job}/sim.nc" for job in self.sim_jobs(v, s)}
                 for v, s in self.sim_runs()}

@@ -59,6 +59,7 @@ def snakemake_command(plan: Plan, root: Path, *, dry_run: bool = False, cluster:
         cmd += ["--workflow-profile", "none", "--profile", str(profile)]
     else:
         cmd += ["--cores", str(plan.cores)]
+    cmd += ["--prioritize", *plan.costliest()]
     if dry_run:
         cmd += ["--dry-run"]
     return cmd + list(extra)

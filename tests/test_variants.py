@@ -52,6 +52,8 @@ def test_the_plan_lists_the_paper_runs_and_their_commands():
     assert plan.twin("flex-stbp", 1) == "flex-ann/seed1"
     assert plan.sim_runs() == [("flex-stbp", 0), ("vgg-stbp", 0)]
     assert plan.train_threads == 16 // 16  # 36 runs on 16 cores: one thread each
+    assert plan.costliest()[:2] == ["flex-stbp/seed0/metrics.nc", "flex-hybrid/seed0/metrics.nc"]
+    assert len(plan.costliest()) == 6
     assert Plan.from_dict(json.loads(plan.to_json())) == plan
 
 
