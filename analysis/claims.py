@@ -32,6 +32,7 @@ import xarray as xr
 from scipy import stats
 
 from core.results import read_dataset
+from core.variants import Variant
 
 MODES = ("ann", "hybrid", "stbp")
 EPS_8 = 8 / 255
@@ -125,7 +126,7 @@ def claims_dataset(root: str | Path) -> xr.Dataset:
         for j, mode in enumerate(MODES):
             if claim.name == "spike_rate" and mode == "ann":
                 continue
-            names = (f"flex-{mode}", f"vgg-{mode}")
+            names = (Variant("flex", mode), Variant("vgg", mode))  # the twins
             if not all(n in values.variant.values for n in names):
                 continue
             p = paired_interval(values.sel(variant=names[0]).values, values.sel(variant=names[1]).values, claim.better)

@@ -44,7 +44,7 @@ def plot_training_curves(metrics: xr.Dataset) -> plt.Figure:
         for row, (quantity, ylabel) in enumerate((("accuracy", "top-1 accuracy"), ("loss", "cross-entropy"))):
             ax = axes[row, col]
             for family, style in FAMILY_STYLE.items():
-                variant = f"{family}-{mode}"
+                variant = Variant(family, mode)
                 if variant not in metrics.variant.values:
                     continue
                 run = metrics.sel(variant=variant).dropna("epoch", how="all", subset=["val_accuracy"])
@@ -78,18 +78,18 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 150) -> Pat
     return path
 
 
-VARIANT_ORDER = tuple(f"{f}-{m}" for m in MODES for f in ("vgg", "flex"))
+VARIANT_ORDER = tuple(Variant(f, m) for m in MODES for f in ("vgg", "flex"))
 MODE_LINESTYLE = {"ann": ":", "hybrid": "--", "stbp": "-"}
 
 
 def _style(variant: str) -> dict:
-    family, mode = variant.split("-")
-    return {"color": FAMILY_STYLE[family]["color"], "linestyle": MODE_LINESTYLE[mode],
-            "label": f"{FAMILY_STYLE[family]['label']} {mode}"}
+    v = Variant.parse(variant)
+    return {"color": FAMILY_STYLE[v.family]["color"], "linestyle": MODE_LINESTYLE[v.mode.value],
+            "label": f"{FAMILY_STYLE[v.family]['label']} {v.mode.value}"}
 
 
 def _variants(ds: xr.Dataset, modes: tuple[str, ...] = MODES) -> list[str]:
-    return [v for v in VARIANT_ORDER if v in ds.variant.values and v.split("-")[1] in modes]
+    return [v for v in VARIANT_ORDER if v in ds.variant.values and v.mode.value in modes]
 
 
 def _first_seed_value(da: xr.DataArray) -> xr.DataArray:
@@ -147,7 +147,7 @@ def plot_robustness(rob: xr.Dataset) -> plt.Figure:
             style = _style(v)
             ax.bar(np.arange(len(paper)) + (j - (len(variants) - 1) / 2) * width, auc.mean("seed").values, width,
                    yerr=auc.std("seed").values if rob.sizes.get("seed", 1) > 1 else None, color=style["color"],
-                   hatch={"ann": "..", "hybrid": "//", "stbp": ""}[v.split("-")[1]], edgecolor="white",
+                   hatch={"ann": "..", "hybrid": "//", "stbp": ""}[v.mode.value], edgecolor="white",
                    label=style["label"])
         ax.set_xticks(np.arange(len(paper)), [TITLES[b] for b in paper])
         ax.set_ylabel("AUC / ε range (paper protocol)")

@@ -200,7 +200,7 @@ class Plan:
     def notebook_inputs(self, name: str) -> list[str]:
         inputs = [str(NOTEBOOK_DIR / f"{name}.ipynb"), *NOTEBOOK_INPUTS[name]]
         if name == "fig3_training":
-            inputs += [f"{RunLayout.run_name(v, s)}/metrics.nc" for v, s in self.all_runs()]
+            inputs += [f"{RunLayout.run_name(v, s)}/metrics.nc" for v, s in self.runs()]  # not the ablations
         if name == "fidelity":
             inputs += self.sim_outputs()[1:]
             inputs += [p for r in self.sim_results().values() for j, p in r.items() if j == "exact_plasticity"]
