@@ -18,6 +18,7 @@ job (rule)                command, per run ``<variant>/seed<N>`` (or ``ablation-
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -50,16 +51,29 @@ NOTEBOOK_INPUTS: dict[str, tuple[str, ...]] = {
 
 
 def code_version(*paths: str) -> str:
-    """SHA-256 (16 hex digits) of the Python sources under ``paths`` (packages or files, relative to the
-    source root): a job whose code changed is run again (Snakemake's ``params`` trigger)."""
+    """SHA-256 (16 hex digits) of the Python code under ``paths`` (packages or files, relative to the source
+    root): a job whose code changed is run again (Snakemake's ``params`` trigger). The code is hashed as
+    its syntax tree without docstrings, so comments, docstrings and layout do not re-run anything."""
     h = hashlib.sha256()
     for rel in paths:
         target = SOURCE_ROOT / rel
         files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
         for f in files:
             h.update(str(f.relative_to(SOURCE_ROOT)).encode())
-            h.update(f.read_bytes())
+            h.update(_code_only(f.read_text()).encode())
     return h.hexdigest()[:16]
+
+
+def _code_only(source: str) -> str:
+    """The syntax tree of ``source`` without docstrings, as text."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and \
+                isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
+                isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:

@@ -69,5 +69,7 @@ def test_code_version_follows_the_sources(tmp_path, monkeypatch):
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     monkeypatch.setattr(plan_mod, "SOURCE_ROOT", tmp_path)
     before = code_version("pkg")
+    (tmp_path / "pkg" / "a.py").write_text('"""A docstring."""\n# a comment\nx  =  1\n')
+    assert code_version("pkg") == before  # docs and layout do not re-run jobs
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
-    assert code_version("pkg") != before
+    assert code_version("pkg") != before  # code does
