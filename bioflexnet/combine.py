@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from core.combine import combine_files
-from core.results import provenance, read_dataset, write_dataset
+from core.results import atomic_path, provenance, read_dataset, write_dataset
 from core.variants import ABLATIONS, RunLayout
 
 KINDS = ("training", "analyses", "sim", "claims", "ablations")
@@ -103,8 +103,6 @@ def ablation_markdown(ds: xr.Dataset, main: xr.Dataset) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from core.results import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
 

@@ -148,7 +148,7 @@ class Plan:
         return threads_per_job(min(len(self.all_runs()), self.cores), self.cores)
 
     # --- the commands ------------------------------------------------------------------------------------
-    def _common(self) -> list[str]:
+    def data_args(self) -> list[str]:
         return ["--data-dir", self.data_dir] if self.data_dir else []
 
     def train_args(self, name: str, seed: int) -> list[str]:
@@ -156,7 +156,7 @@ class Plan:
         args = ["--profile", self.profile, "--seed", str(seed), *variant.train_options()]
         for item in overrides:
             args += ["--set", item]
-        return args + ["--device", self.device, *self._common()]
+        return args + ["--device", self.device, *self.data_args()]
 
     @property
     def sim_plan(self) -> SimPlan:
@@ -180,7 +180,7 @@ class Plan:
         return jobs
 
     def analysis_args(self, name: str, seed: int) -> list[str]:
-        return ["--device", self.device, *self._common()]
+        return ["--device", self.device, *self.data_args()]
 
     def twin(self, name: str, seed: int) -> str | None:
         """The run directory (relative) of a run's ANN twin, the transfer attack's source, if planned."""

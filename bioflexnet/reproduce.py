@@ -17,7 +17,6 @@ continues from its checkpoint. ``--dry-run`` lists the jobs and runs nothing.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -49,7 +48,7 @@ def snakemake_command(plan: Plan, root: Path, *, dry_run: bool = False, cluster:
                       cluster_profile: Path | None = None, extra: Sequence[str] = ()) -> list[str]:
     """The ``snakemake`` command line that runs ``plan`` under ``root``."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(root),
-           "--config", f"plan={json.dumps(json.loads(plan.to_json()))}", "--rerun-incomplete",
+           "--config", f"plan={plan.to_json()}", "--rerun-incomplete",
            "--printshellcmds", "--show-failed-logs", "--quiet", "host"]
     if cluster_profile is not None or cluster is not None:
         profile = Path(cluster_profile) if cluster_profile is not None else PROFILES[cluster]

@@ -71,12 +71,10 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
     # brian2 imports setuptools' MSVC helper, which warns on every Linux run; not actionable for users
     warnings.filterwarnings("ignore", message="_get_vc_env is private", category=UserWarning)
-    from core.errors import CLIError
-    from core.export_format import ExportError, read_export
+    from core.export_format import read_export
     from core.results import write_dataset
-    from sim.devices import DeviceError
     from sim.results import to_dataset
-    from sim.simulate import SimError, SimOptions, neuron_model_text, simulate
+    from sim.simulate import SimOptions, neuron_model_text, simulate
 
     out = args.out or (args.run_dir.parent if args.run_dir.suffix == ".npz" else args.run_dir) / "sim"
     if not args.print_model:  # printing writes nothing
@@ -89,18 +87,15 @@ def cmd_sim(args: argparse.Namespace) -> None:
                          refractory_ms=args.refractory_ms,
                          build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only,
                          fresh_poisson=args.fresh_poisson, seed=args.seed)
-    try:
-        export = read_export(export_path(args.run_dir))
-        if args.images is None:
-            options = dataclasses.replace(options, n_images=export.n_reference)
-        if args.mode is None and export.ticks > 1:  # the trained dynamics: biophysical at the export's K
-            options = dataclasses.replace(options, mode="biophysical")
-        if args.print_model:
-            print(neuron_model_text(export, options))
-            return
-        result = simulate(export, options)
-    except (ExportError, SimError, DeviceError) as exc:
-        raise CLIError(str(exc)) from exc
+    export = read_export(export_path(args.run_dir))  # its errors, SimError and DeviceError are UserErrors
+    if args.images is None:
+        options = dataclasses.replace(options, n_images=export.n_reference)
+    if args.mode is None and export.ticks > 1:  # the trained dynamics: biophysical at the export's K
+        options = dataclasses.replace(options, mode="biophysical")
+    if args.print_model:
+        print(neuron_model_text(export, options))
+        return
+    result = simulate(export, options)
     if not result.ran:
         print(f"{args.device}: project generated and compiled in {options.build_dir} (--build-only; not run).")
         return

@@ -33,6 +33,28 @@ def write_fake_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 30, 
 
 
 @pytest.fixture
+def poison_training_loss(monkeypatch):
+    """``arm(n)`` makes the n-th training loss (1-based) NaN; evaluation losses pass. Returns the call counter."""
+    from training import trainer as trainer_mod
+
+    real_ce = trainer_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def arm(at: int) -> dict:
+        def poisoned(logits, target, **kw):
+            loss = real_ce(logits, target, **kw)
+            if "reduction" in kw:  # evaluation
+                return loss
+            calls["n"] += 1
+            return loss * float("nan") if calls["n"] == at else loss
+
+        monkeypatch.setattr(trainer_mod.F, "cross_entropy", poisoned)
+        return calls
+
+    return arm
+
+
+@pytest.fixture
 def fake_cifar(tmp_path: Path) -> Path:
     return write_fake_cifar(tmp_path / "data")
 

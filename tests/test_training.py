@@ -90,19 +90,9 @@ def test_resume_with_another_config_is_refused(tmp_path, cifar_dir):
         train_run(cfg, tmp_path / "r", data_dir=cifar_dir)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cifar_dir, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cifar_dir, poison_training_loss):
     cfg = make_config("smoke", mode="ann", flex=True, overrides=SMALL)
-    real_ce = trainer_mod.F.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(logits, target, **kw):
-        loss = real_ce(logits, target, **kw)
-        if "reduction" in kw:  # validation
-            return loss
-        calls["n"] += 1
-        return loss * float("nan") if calls["n"] == 16 + 3 else loss  # epoch 2 (16 steps each), step 3
-
-    monkeypatch.setattr(trainer_mod.F, "cross_entropy", poisoned)
+    poison_training_loss(16 + 3)  # epoch 2 (16 steps each), step 3
     with pytest.raises(TrainingDiverged, match="epoch 2, step 3"):
         train_run(cfg, tmp_path / "nan", data_dir=cifar_dir)
     assert load_checkpoint(tmp_path / "nan")["epoch"] == 1
