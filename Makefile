@@ -50,7 +50,8 @@ test-cuda: $(STAMP) data
 
 # Benchmarks (not tests), each measured side by side in interleaved rounds, medians and ratios; the tables
 # are printed and written to $(BENCH_OUT)/bench.txt. Training step: BioFlexNet vs SpikingJelly and snnTorch
-# on the same SNN, FLEX vs VGG per mode, STBP vs T x ANN, peak memory. Brian2: runtime vs cpp_standalone on
+# on the same SNN, FLEX vs VGG per mode at the quick profile's size and at the paper's (VGG16 width 1, batch 32,
+# no memory runs), STBP vs T x ANN, peak memory. Brian2: runtime vs cpp_standalone on
 # the demo's flex-stbp export (or, without `make demo`, a smoke run trained here), build cached across calls.
 # The peers install with --no-deps: their declared dependencies would replace the CPU torch with a CUDA one.
 BENCH_PEERS ?= spikingjelly==2.0.0 snntorch==1.0.0 loguru==0.7.3
@@ -60,10 +61,12 @@ bench: $(STAMP) data
 	$(PY) -m pip install -q --no-deps $(BENCH_PEERS) || echo "peers could not be installed; the table omits them"
 	mkdir -p $(BENCH_OUT)
 	OMP_NUM_THREADS=1 $(PY) -m training.benchmark --out $(BENCH_OUT)/training_step.txt
+	OMP_NUM_THREADS=1 $(PY) -m training.benchmark --arch vgg16 --width 1 --batch 32 --rounds 5 --no-memory \
+		--only ann hybrid stbp --out $(BENCH_OUT)/training_step_vgg16.txt
 	test -f $(BENCH_RUN)/checkpoint.pt || $(VENV)/bin/bioflexnet train --profile smoke --mode stbp --flex --device cpu --out $(BENCH_RUN)
 	test -f $(BENCH_RUN)/export.npz || $(VENV)/bin/bioflexnet export $(BENCH_RUN) --images 50
 	$(PY) -m sim.benchmark $(BENCH_RUN) --images 50 --repeats 3 --devices runtime cpp_standalone | tee $(BENCH_OUT)/brian2.txt
-	cat $(BENCH_OUT)/training_step.txt $(BENCH_OUT)/brian2.txt > $(BENCH_OUT)/bench.txt
+	cat $(BENCH_OUT)/training_step.txt $(BENCH_OUT)/training_step_vgg16.txt $(BENCH_OUT)/brian2.txt > $(BENCH_OUT)/bench.txt
 	@echo "tables written to $(BENCH_OUT)/bench.txt"
 
 # The prepared GPU session (training/gpucheck.py): Brian2 cuda_standalone vs runtime spike agreement, VGG16 T=10

@@ -12,8 +12,10 @@ and the ratio of medians. One thread per process unless ``--threads``.
   loop). The peers (the ``bench`` extra) are installed by ``make bench`` with
   ``pip install --no-deps`` (their declared dependencies would pull a CUDA
   torch); a missing peer is reported, not fatal.
-* **flex vs vgg** per mode, at the quick profile's size, and the same flex
-  step with the reference ops (``fused = False``) for what the fused ops buy.
+* **flex vs vgg** per mode, at the quick profile's size (``vgg`` is FLEX's twin baseline:
+  2x2 stride-2 conv + BN + LIF down-sampling stages), the same flex step with the
+  reference ops (``fused = False``) for what the fused ops buy, and the classic VGG
+  (2x2 max-pool, ``vggmp``) beside both.
 * **stbp vs T x ann** for the VGG baseline.
 * **peak memory**: the peak resident set during two training steps above the
   resident set before them (Linux ``/proc``), each contender in its own process.
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import equations
-from core.config import Arch, Mode, ModelConfig
+from core.config import Arch, Downsample, Mode, ModelConfig
 from training.models import build_model
 
 BETA, THETA, ALPHA = 0.5, 1.0, 2.0
@@ -50,28 +52,12 @@ def _set_fused(model: nn.Module, on: bool) -> nn.Module:
 
 
 def bioflexnet_model(mode: str, flex: bool, steps: int, width: float, arch: str = "vgg5",
-                     fused: bool = True) -> nn.Module:
+                     fused: bool = True, downsample: str = "conv") -> nn.Module:
+    """A BioFlexNet model; ``flex=False`` with ``downsample="conv"`` is FLEX's twin baseline (DESIGN.md),
+    ``downsample="maxpool"`` the classic VGG (2x2 max-pool), the net the peers implement."""
     cfg = ModelConfig(arch=Arch(arch), width=width, mode=Mode(mode), time_steps=steps, flex=flex,
-                      beta=BETA, theta=THETA)
+                      beta=BETA, theta=THETA, downsample=Downsample(downsample))
     return _set_fused(build_model(cfg), fused)
-
-
-def twin_baseline(mode: str, steps: int, width: float, arch: str = "vgg5") -> nn.Module:
-    """The baseline DESIGN.md asks for (issue 9): each 2x2 max-pool becomes a 2x2 stride-2 conv + BN + LIF.
-
-    Built here from the current baseline so the FLEX cost can be read against it before models.py has it.
-    """
-    from training.models import Activation, ConvStage
-
-    model = bioflexnet_model(mode, False, steps, width, arch)
-    for i, (name, stage) in enumerate(zip(model.names, model.stages)):
-        if isinstance(stage, nn.MaxPool2d):
-            c = model.stages[i - 1].conv.out_channels
-            down = ConvStage(c, c)
-            down.conv = nn.Conv2d(c, c, 2, 2, 0, bias=False)
-            model.stages[i] = down
-            model.activations[name] = Activation(model.cfg)
-    return model
 
 
 class _PeerVGG5(nn.Module):
@@ -167,17 +153,17 @@ def interleaved(contenders: dict[str, Callable[[], None]], rounds: int, warmup: 
 
 
 def _builders(args) -> dict[str, Callable[[], nn.Module]]:
-    T, w, Tq = args.peer_steps, args.width, args.steps
+    T, w, Tq, arch = args.peer_steps, args.width, args.steps, args.arch
     b = {
-        "peers/bioflexnet": lambda: bioflexnet_model("stbp", False, T, w),
+        "peers/bioflexnet": lambda: bioflexnet_model("stbp", False, T, w, downsample="maxpool"),
         "peers/spikingjelly": lambda: spikingjelly_model(T, w),
         "peers/snntorch": lambda: snntorch_model(T, w),
     }
     for mode in ("ann", "hybrid", "stbp"):
-        b[f"{mode}/flex"] = lambda mode=mode: bioflexnet_model(mode, True, Tq, w)
-        b[f"{mode}/vgg"] = lambda mode=mode: bioflexnet_model(mode, False, Tq, w)
-    b["stbp/flex-reference-ops"] = lambda: bioflexnet_model("stbp", True, Tq, w, fused=False)
-    b["stbp/vgg-twin"] = lambda: twin_baseline("stbp", Tq, w)
+        b[f"{mode}/flex"] = lambda mode=mode: bioflexnet_model(mode, True, Tq, w, arch)
+        b[f"{mode}/vgg"] = lambda mode=mode: bioflexnet_model(mode, False, Tq, w, arch)
+    b["stbp/flex-reference-ops"] = lambda: bioflexnet_model("stbp", True, Tq, w, arch, fused=False)
+    b["stbp/vggmp"] = lambda: bioflexnet_model("stbp", False, Tq, w, arch, downsample="maxpool")
     return b
 
 
@@ -210,7 +196,7 @@ def peak_memory_mb(name: str, args) -> float:
     """Peak memory of two steps of ``name`` above the process's memory before them, in a fresh process."""
     code = (f"import torch; torch.set_num_threads({args.threads}); import argparse;"
             "from training import benchmark as b;"
-            f"a = argparse.Namespace(peer_steps={args.peer_steps}, width={args.width}, steps={args.steps});"
+            f"a = argparse.Namespace(peer_steps={args.peer_steps}, width={args.width}, steps={args.steps}, arch={args.arch!r});"
             f"m = b._builders(a)[{name!r}](); s = b.make_step(m, {args.batch});"
             "print(b.peak_rise_mb(lambda: (s(), s())))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
@@ -225,9 +211,10 @@ def report(times: dict[str, list[float]], memory: dict[str, float], args, notes:
     groups = [("peers/bioflexnet", ["peers/spikingjelly", "peers/snntorch"],
                f"VGG5 width {args.width} SNN, T={args.peer_steps}, stbp")]
     for mode in ("ann", "hybrid", "stbp"):
-        groups.append((f"{mode}/vgg", [f"{mode}/flex"], f"{mode}: FLEX vs VGG, VGG5 width {args.width}, T={args.steps}"))
+        groups.append((f"{mode}/vgg", [f"{mode}/flex"],
+                       f"{mode}: FLEX vs VGG, {args.arch.upper()} width {args.width}, T={args.steps}"))
     groups.append(("stbp/flex", ["stbp/flex-reference-ops"], "fused ops vs reference ops (flex-stbp)"))
-    groups.append(("stbp/vgg-twin", ["stbp/flex"], "FLEX vs the twin baseline of issue 9 (stbp)"))
+    groups.append(("stbp/vggmp", ["stbp/vgg", "stbp/flex"], "the classic VGG (2x2 max-pool) vs the twin and FLEX (stbp)"))
     for base, others, title in groups:
         if base not in med:
             continue
@@ -255,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--arch", choices=[a.value for a in Arch], default=Arch.VGG5.value,
+                   help="architecture of the FLEX vs VGG comparisons (the peers are always VGG5)")
     p.add_argument("--steps", type=int, default=2, help="T for flex vs vgg (the quick profile's)")
     p.add_argument("--peer-steps", type=int, default=4, help="T for the peer comparison")
     p.add_argument("--rounds", type=int, default=7)
