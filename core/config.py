@@ -280,10 +280,9 @@ def _profile_quick() -> RunConfig:
     slowly for a CPU budget; the paper profile uses VGG16.
     """
     # One tick per step. Training at K = 4 (model.ticks=4, optionally train.tick_steps=N for a fine-tune of the
-    # last N steps, or `train --init-from RUN`) makes Brian2's biophysical mode at K reproduce every spike, but it
-    # costs 6-8x per step and the final evaluation at K = 4 took 754 s instead of ~50 s (loaded machine), and it
-    # does not yet converge at finer dt (class agreement 0.65-0.79 at K = 16; README "Fidelity"), so the CPU
-    # demo stays at K = 1.
+    # last N steps, or `train --init-from RUN`) makes Brian2's biophysical mode at K reproduce every spike, but a
+    # K = 4 step costs ~6x a K = 1 step, every analysis would run at K = 4, and finer dt still does not converge
+    # (class agreement 0.70-0.80 at 2K and 4K; README "Fidelity"), so the CPU demo stays at K = 1.
     return RunConfig(
         model=ModelConfig(arch=Arch.VGG5, width=0.25, time_steps=2, ticks=QUICK_TICKS),
         train=TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.3, train_subset=25600, eval_batch_size=250,
