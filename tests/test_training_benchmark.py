@@ -23,8 +23,10 @@ def test_the_table_has_every_comparison(tmp_path):
                            "--only", "ann", "stbp", "--out", str(out)]) == 0
     text = out.read_text()
     for line in ("-- ann: FLEX vs VGG, VGG5", "-- stbp: FLEX vs VGG, VGG5", "stbp/flex-reference-ops",
-                 "stbp/vggmp", "-- FLEX / VGG step, ann:", "-- FLEX / VGG step, stbp:", "STBP vs T x ANN"):
+                 "stbp/vggmp", "-- FLEX / VGG step, ann:", "-- FLEX / VGG step, stbp:", "STBP vs T x ANN",
+                 "-- time resolution: K = 4 ticks per step vs 1 (flex-stbp", "stbp/vgg-ticks4"):
         assert line in text
     times = json.loads(out.with_suffix(".json").read_text())["times_s"]
-    assert set(times) == {"ann/flex", "ann/vgg", "stbp/flex", "stbp/vgg", "stbp/flex-reference-ops", "stbp/vggmp"}
+    assert set(times) == {"ann/flex", "ann/vgg", "stbp/flex", "stbp/vgg", "stbp/flex-reference-ops", "stbp/vggmp",
+                          "stbp/flex-ticks4", "stbp/vgg-ticks4"}
     assert all(len(v) == 1 and v[0] > 0 for v in times.values())

@@ -16,6 +16,8 @@ and the ratio of medians. One thread per process unless ``--threads``.
   2x2 stride-2 conv + BN + LIF down-sampling stages), the same flex step with the
   reference ops (``fused = False``) for what the fused ops buy, and the classic VGG
   (2x2 max-pool, ``vggmp``) beside both.
+* **time resolution**: a flex-stbp and a vgg-stbp step at ``model.ticks = 4`` (DESIGN.md §6) against
+  one tick per step.
 * **stbp vs T x ann** for the VGG baseline.
 * **peak memory**: the peak resident set during two training steps above the
   resident set before them (Linux ``/proc``), each contender in its own process.
@@ -52,11 +54,11 @@ def _set_fused(model: nn.Module, on: bool) -> nn.Module:
 
 
 def bioflexnet_model(mode: str, flex: bool, steps: int, width: float, arch: str = "vgg5",
-                     fused: bool = True, downsample: str = "conv") -> nn.Module:
+                     fused: bool = True, downsample: str = "conv", ticks: int = 1) -> nn.Module:
     """A BioFlexNet model; ``flex=False`` with ``downsample="conv"`` is FLEX's twin baseline (DESIGN.md),
     ``downsample="maxpool"`` the classic VGG (2x2 max-pool), the net the peers implement."""
     cfg = ModelConfig(arch=Arch(arch), width=width, mode=Mode(mode), time_steps=steps, flex=flex,
-                      beta=BETA, theta=THETA, downsample=Downsample(downsample))
+                      beta=BETA, theta=THETA, downsample=Downsample(downsample), ticks=ticks)
     return _set_fused(build_model(cfg), fused)
 
 
@@ -164,6 +166,8 @@ def _builders(args) -> dict[str, Callable[[], nn.Module]]:
         b[f"{mode}/vgg"] = lambda mode=mode: bioflexnet_model(mode, False, Tq, w, arch)
     b["stbp/flex-reference-ops"] = lambda: bioflexnet_model("stbp", True, Tq, w, arch, fused=False)
     b["stbp/vggmp"] = lambda: bioflexnet_model("stbp", False, Tq, w, arch, downsample="maxpool")
+    for family, flex in (("flex", True), ("vgg", False)):  # the training-time cost of the time resolution
+        b[f"stbp/{family}-ticks4"] = lambda flex=flex: bioflexnet_model("stbp", flex, Tq, w, arch, ticks=4)
     return b
 
 
@@ -215,6 +219,9 @@ def report(times: dict[str, list[float]], memory: dict[str, float], args, notes:
                        f"{mode}: FLEX vs VGG, {args.arch.upper()} width {args.width}, T={args.steps}"))
     groups.append(("stbp/flex", ["stbp/flex-reference-ops"], "fused ops vs reference ops (flex-stbp)"))
     groups.append(("stbp/vggmp", ["stbp/vgg", "stbp/flex"], "the classic VGG (2x2 max-pool) vs the twin and FLEX (stbp)"))
+    for family in ("flex", "vgg"):
+        groups.append((f"stbp/{family}", [f"stbp/{family}-ticks4"],
+                       f"time resolution: K = 4 ticks per step vs 1 ({family}-stbp, model.ticks)"))
     for base, others, title in groups:
         if base not in med:
             continue
