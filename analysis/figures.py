@@ -334,7 +334,8 @@ def plot_claims(claims: xr.Dataset) -> plt.Figure:
 
 def plot_convergence(conv: xr.Dataset) -> plt.Figure:
     """Convergence in dt (``sim.convergence``): class agreement with PyTorch and Brian2 accuracy vs
-    ``dt = step / K``, one line per model; the trained ``K`` of each model is marked with a ring."""
+    ``dt = step / K``, one line per model; the trained ``K`` of each model is marked with a ring; a dotted
+    line per model: the agreement on the images whose reference margin is at least the median."""
     fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.2))
     ks = np.asarray(conv.substeps.values)
     for variant, seed in _runs(conv.class_agreement):
@@ -350,6 +351,11 @@ def plot_convergence(conv: xr.Dataset) -> plt.Figure:
             ax.plot(1.0 / ks[ok], y[ok], label=label, **style)
             if trained in ks and np.isfinite(y[list(ks).index(trained)]):
                 ax.plot(1.0 / trained, y[list(ks).index(trained)], "o", ms=12, mfc="none", color=style["color"])
+        if "class_agreement_confident" in row:  # the same, on the half of the images the reference is surest of
+            y = row.class_agreement_confident.values
+            ok = np.isfinite(y)
+            axes[0].plot(1.0 / ks[ok], y[ok], color=style["color"], marker=".", ls=":", lw=1,
+                         label=f"{variant}/seed{seed}, margin ≥ median")
     for ax, name in zip(axes, ("class agreement with PyTorch (trained K)", "Brian2 accuracy")):
         ax.set_xscale("log", base=2)
         ax.invert_xaxis()

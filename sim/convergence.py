@@ -3,9 +3,10 @@
 ``python -m sim.convergence OUT.nc LABEL=SIM_DIR [LABEL=SIM_DIR ...]`` collects the ``sim.nc`` files
 found under each ``SIM_DIR/k{K}/`` (written by ``bioflexnet sim RUN --mode biophysical --substeps K
 --out SIM_DIR/k{K}``) into one xarray Dataset: class agreement with the float64 PyTorch reference of
-the export (the network at its *trained* resolution), Brian2 and PyTorch accuracy, and the per-layer
-ratio of Brian2's to PyTorch's firing rate, with ``dt`` in ms and the trained ``K`` of each model.
-Torch-free.
+the export (the network at its *trained* resolution), the same on the images the reference is
+confident about (its top-two logit margin at least the median: the flips at finer dt are mostly among
+the others, README "Fidelity"), Brian2 and PyTorch accuracy, and the per-layer ratio of Brian2's to
+PyTorch's firing rate, with ``dt`` in ms and the trained ``K`` of each model. Torch-free.
 """
 from __future__ import annotations
 
@@ -16,13 +17,21 @@ import numpy as np
 import xarray as xr
 
 
+def confident_agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """Class agreement on the images whose reference margin (top-1 minus top-2 logit) is at least the median."""
+    top = np.sort(reference_logits, axis=1)
+    margin = top[:, -1] - top[:, -2]
+    confident = margin >= np.median(margin)
+    return float(np.mean(logits[confident].argmax(1) == reference_logits[confident].argmax(1)))
+
+
 def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset:
     """``{model label: {K: sim.nc dataset}}`` -> Dataset over ``(model, substeps[, layer])``."""
     models = list(results)
     ks = sorted({k for r in results.values() for k in r})
     layers = list(dict.fromkeys(la for r in results.values() for ds in r.values() for la in ds.layer.values))
     shape = (len(models), len(ks))
-    agree, acc, ref_acc, step_ms = (np.full(shape, np.nan) for _ in range(4))
+    agree, confident, acc, ref_acc, step_ms = (np.full(shape, np.nan) for _ in range(5))
     ratio = np.full((*shape, len(layers)), np.nan)
     trained = np.zeros(len(models), dtype=np.int64)
     n_images = set()
@@ -30,6 +39,7 @@ def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset
         for k, ds in results[m].items():
             j = ks.index(k)
             agree[i, j] = float(ds.class_agreement)
+            confident[i, j] = confident_agreement(ds.logits.values, ds.reference_logits.values)
             acc[i, j], ref_acc[i, j] = float(ds.accuracy), float(ds.reference_accuracy)
             step_ms[i, j] = float(ds.attrs.get("step_ms", np.nan))
             for la, r, ref in zip(ds.layer.values, ds.firing_rate.values, ds.reference_firing_rate.values):
@@ -43,6 +53,9 @@ def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset
         {"class_agreement": (("model", "substeps"), agree, {"long_name": "fraction of images classified as by the "
                                                                           "PyTorch reference at the trained K",
                                                               "units": "1"}),
+         "class_agreement_confident": (("model", "substeps"), confident,
+                                       {"long_name": "class agreement on the images whose reference top-two "
+                                                     "logit margin is at least the median", "units": "1"}),
          "accuracy": (("model", "substeps"), acc, {"long_name": "Brian2 top-1 accuracy", "units": "1"}),
          "reference_accuracy": (("model", "substeps"), ref_acc,
                                 {"long_name": "PyTorch top-1 accuracy (trained K) on the same images", "units": "1"}),
