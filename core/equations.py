@@ -77,6 +77,7 @@ class Equation:
     name: str
     fn: Callable
     expr: str
+    condition: bool = False  # a boolean expression (a threshold), not a value
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -226,7 +227,56 @@ def channel_map_matrix(c_in: int, c_out: int) -> np.ndarray:
     return matrix
 
 
-# --- time resolution: K ticks per discrete step (DESIGN.md §6) ----------------------------------
+# --- the neuron: leaky integrate-and-fire, one tick at a time (docs/model.md, "Neuron") -------------
+# The membrane ``v`` is measured from rest in units of the discrete model (threshold ``theta``). One tick of
+# the K ticks of a step: the leak, this tick's drive, the threshold, the reset of a neuron that fired, and a
+# refractory countdown. At K = 1 a tick is the discrete step (decay beta, gain 1) and a refractory period of
+# one tick is no refractoriness at all: the discrete model ``v[t] = beta v[t-1] + I[t]``. training.neurons
+# runs these as torch ops (the membrane as one fused multiply-add, ``torch.add(drive, v, alpha=decay)``,
+# tested equal to MEMBRANE to one rounding); sim.dynamics renders them for Brian2 with ``v - v_rest`` for
+# ``v`` in biophysical mode.
+
+def membrane(v, decay, drive):
+    """The membrane after one tick: ``decay v + drive`` (``drive`` = held gain x held + this tick's charge)."""
+    return decay * v + drive
+
+
+def tick_drive(gain, held, jump):
+    """The drive of one tick: a current held over its step, integrated over the tick (``gain held``), plus the
+    synaptic charge that arrives in the tick (``jump``, delta synapses)."""
+    return gain * held + jump
+
+
+def spikes(v, theta):
+    """Whether the membrane has reached the threshold, ``v >= theta`` (PyTorch's spike function is the
+    Heaviside step of ``v - theta``, with a surrogate derivative)."""
+    return v >= theta
+
+
+def reset_subtract(v, theta):
+    """Membrane of a neuron that fired, reset by subtraction: ``v - theta`` (keeps the residual)."""
+    return v - theta
+
+
+def reset_zero(rest):
+    """Membrane of a neuron that fired, reset to rest: ``rest`` (0 in the discrete model's units)."""
+    return rest
+
+
+def refractory_left(wait):
+    """Refractory ticks left after this tick, ``max(wait - 1, 0)``; a neuron fires only where it is 0."""
+    return (wait - 1.0).clip(0.0, None)
+
+
+MEMBRANE = Equation("membrane", membrane, "{decay}*{v} + {drive}")
+TICK_DRIVE = Equation("tick_drive", tick_drive, "{gain}*{held} + {jump}")
+SPIKES = Equation("spikes", spikes, "{v} >= {theta}", condition=True)
+RESET_SUBTRACT = Equation("reset_subtract", reset_subtract, "{v} - {theta}")
+RESET_ZERO = Equation("reset_zero", reset_zero, "{rest}")
+REFRACTORY_LEFT = Equation("refractory_left", refractory_left, "clip({wait} - 1.0, 0.0, inf)")
+RESETS = {"subtract": RESET_SUBTRACT, "zero": RESET_ZERO}  # model.reset -> its equation
+
+# --- time resolution: K ticks per discrete step (docs/model.md, "Time") ------------------------------
 # The continuous membrane tau_m dV/dt = V_rest - V + R I, integrated exactly over a tick of dt = step/K
 # with the input held: decay d = exp(-dt/tau_m) = beta**(1/K) per tick; a drive u held over a step adds
 # g u per tick with g = (1 - d)/(1 - beta), so K ticks of it add what one step adds (u at K = 1).
@@ -247,5 +297,5 @@ def tick_gain(beta: float, ticks: int) -> float:
 
 
 def step_ms(beta: float, tau_m_ms: float) -> float:
-    """Duration of one discrete step, ``tau_m ln(1/beta)`` (ms)."""
+    """Duration of one discrete step, ``tau_m ln(1/beta)`` (ms): ``beta = exp(-step / tau_m)``."""
     return float(tau_m_ms * np.log(1.0 / beta))

@@ -61,11 +61,12 @@ class Dynamics:
         self.namespace = {"image_start": TimedArray(np.tile(image, n_images), dt=dt),
                           "step_start": TimedArray(np.tile(step, n_images * steps), dt=dt),
                           "late": TimedArray(np.tile(late, n_images), dt=dt)}
+        reset = equations.RESETS[model.reset]
         if bio is None:
             self.constants = {"beta": model.beta, "theta": model.theta}
-            self.v_unit, self.leak, self.gain = "1", "beta*v", ""
-            self.threshold = "v >= theta"
-            self.reset = "v -= theta" if model.reset == "subtract" else "v = 0"
+            self.v_unit, self.decay, self.v = "1", "beta", "v"
+            self.threshold = equations.SPIKES.brian(v="v", theta="theta")
+            self.reset = f"v = {reset.brian(v='v', theta='theta', rest='0')}"
             self.start = "acc_c = 0\nacc_p = 0\nv = v*(1 - image_start(t))"
             self.v_init = 0.0
         else:
@@ -74,15 +75,14 @@ class Dynamics:
             ticks = max(1, int(round(float(bio.refractory / dt))))
             self.constants = {"v_rest": bio.v_rest, "v_th": bio.v_threshold, "decay": decay,
                               "gain": (1.0 - decay) * bio.drive, "refractory_ticks": ticks}
-            self.v_unit, self.leak, self.gain = "volt", "v_rest + (v - v_rest)*decay", "gain*"
-            self.threshold = "v >= v_th and wait < 0.5"
-            reset = "v -= v_th - v_rest" if model.reset == "subtract" else "v = v_rest"
-            self.reset = reset + "\nwait = refractory_ticks"
+            self.v_unit, self.decay, self.v = "volt", "decay", "(v - v_rest)"  # the membrane measured from rest
+            self.threshold = f"{equations.SPIKES.brian(v='v', theta='v_th')} and wait < 0.5"
+            self.reset = f"v = {reset.brian(v='v', theta='(v_th - v_rest)', rest='v_rest')}\nwait = refractory_ticks"
             clear = "acc_c = 0\nacc_p = 0\n" if self.delta else ("acc_c = acc_c*(1 - image_start(t))\n"
                                                                  "acc_p = acc_p*(1 - image_start(t))\n")
             self.constants["unit"] = bio.unit  # membrane jump per unit of delta input
             self.start = (clear + "v = v_rest + (v - v_rest)*(1 - image_start(t))\n"
-                          "wait = clip(wait - 1, 0, refractory_ticks)*(1 - image_start(t))")
+                          f"wait = {equations.REFRACTORY_LEFT.brian(wait='wait')}*(1 - image_start(t))")
             self.v_init = bio.v_rest
 
     @property
@@ -100,13 +100,16 @@ class Dynamics:
         return self.exact or self.delta
 
     def membrane(self, u: str) -> str:
-        """Update of ``v`` by the drive ``u``, held for the tick."""
-        return f"v = {self.leak} + {self.gain}{u}"
+        """Update of ``v`` by the drive ``u``, held for the tick (:data:`core.equations.MEMBRANE`)."""
+        if self.exact:
+            return f"v = {equations.MEMBRANE.brian(decay='beta', v='v', drive=u)}"
+        return f"v = v_rest + {equations.MEMBRANE.brian(decay='decay', v=self.v, drive='gain*' + u)}"
 
     def membrane_split(self, held: str, jump: str) -> str:
         """Delta synapses: update of ``v`` by a ``held`` drive (bias currents) and the ``jump`` of this
-        tick's synaptic charge (``u = held + jump``)."""
-        return f"v = {self.leak} + gain*({held}) + unit*({jump})"
+        tick's synaptic charge (``u = held + jump``; :data:`core.equations.TICK_DRIVE`)."""
+        drive = equations.TICK_DRIVE.brian(gain="gain", held=f"({held})", jump=f"unit*({jump})")
+        return f"v = v_rest + {equations.MEMBRANE.brian(decay='decay', v=self.v, drive=drive)}"
 
     def neuron_state(self) -> str:
         return f"v : {self.v_unit}\n" + ("" if self.exact else "wait : 1\n")

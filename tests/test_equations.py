@@ -15,15 +15,17 @@ N = 2000
 def _inputs(eq: Equation) -> dict[str, np.ndarray]:
     """Random float64 inputs for every argument, in ranges that reach every branch (both clips, etc.)."""
     ranges = {"z": (-8.0, 8.0), "m": (0.0, 1.0), "mean_relu": (0.0, 1.0), "mean_square": (0.0, 2.0),
-              "std": (0.2, 0.3), "plasticity_rate": (0.0, 0.1), "plasticity_decay": (0.0, 0.1)}
+              "std": (0.2, 0.3), "plasticity_rate": (0.0, 0.1), "plasticity_decay": (0.0, 0.1),
+              "decay": (0.0, 1.0), "gain": (0.0, 1.0), "theta": (0.5, 1.5), "wait": (0.0, 4.0)}
     return {name: RNG.uniform(*ranges.get(name, (-3.0, 3.0)), N) for name in eq.args}
 
 
 EQUATIONS = [v for v in vars(equations).values() if isinstance(v, Equation)]
 
 
-def brian_eval(expr: str, values: dict[str, np.ndarray]) -> np.ndarray:
-    """Evaluate a Brian2 expression with Brian2's runtime code generation (as sim/ runs it), one value per neuron."""
+def brian_eval(expr: str, values: dict[str, np.ndarray], condition: bool = False) -> np.ndarray:
+    """Evaluate a Brian2 expression (a condition as 0/1) with Brian2's runtime code generation (as sim/ runs
+    it), one value per neuron."""
     from brian2 import Network, NeuronGroup, defaultclock
 
     from sim.devices import device_session
@@ -32,22 +34,23 @@ def brian_eval(expr: str, values: dict[str, np.ndarray]) -> np.ndarray:
         group = NeuronGroup(N, "".join(f"{k} : 1\n" for k in values) + "out : 1", namespace={})
         for k, v in values.items():
             setattr(group, k, v)
-        group.run_regularly(f"out = {expr}")
+        group.run_regularly(f"out = int({expr})" if condition else f"out = {expr}")
         Network(group).run(defaultclock.dt)
         return np.asarray(group.out[:])
 
 
 def test_every_equation_is_checked_here():
     names = {eq.name for eq in EQUATIONS}
-    assert {"logits", "mask_input", "hard_sigmoid", "logistic", "mix", "normalise", "drive", "plasticity"} <= names
+    assert {"logits", "mask_input", "hard_sigmoid", "logistic", "mix", "normalise", "drive", "plasticity",
+            "membrane", "tick_drive", "spikes", "reset_subtract", "reset_zero", "refractory_left"} <= names
 
 
 @pytest.mark.brian
 @pytest.mark.parametrize("eq", EQUATIONS, ids=lambda e: e.name)
 def test_brian2_rendering_computes_the_function(eq):
     values = _inputs(eq)
-    expected = eq(**values)
-    got = brian_eval(eq.brian(**{k: k for k in eq.args}), values)
+    expected = np.broadcast_to(eq(**values), (N,)) * 1.0
+    got = brian_eval(eq.brian(**{k: k for k in eq.args}), values, eq.condition)
     # Brian2 passes expressions through sympy, which re-associates sums and turns `/ 6.0` into `* 0.1666...`:
     # a few ulp apart (inputs are O(1)), not bit for bit; a wrong formula is off by O(1)
     np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-14, err_msg=eq.brian(**{k: k for k in eq.args}))
@@ -72,9 +75,10 @@ def test_rendering_substitutes_sub_expressions_and_names_missing_arguments():
 @pytest.mark.parametrize("eq", EQUATIONS, ids=lambda e: e.name)
 def test_torch_and_numpy_give_the_same_result(eq):
     values = _inputs(eq)
-    expected = eq(**values)
+    expected = eq(**values) * 1.0
     got = eq(**{k: torch.from_numpy(v) for k, v in values.items()})
     assert isinstance(got, torch.Tensor)
+    got = got.double()
     # the same float64 arithmetic, except torch's own sigmoid and pow kernels (logistic, drive): one ulp
     np.testing.assert_allclose(got.numpy(), expected, rtol=0 if eq.name not in ("logistic", "drive") else 1e-15,
                                atol=0)
@@ -162,3 +166,24 @@ def test_cli_prints_the_model_without_simulating(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "m = clip(z / 6.0 + 0.5, 0.0, 1.0)" in out and "v = beta*v + (Ip + m*(Ic - Ip))" in out
     assert not (tmp_path / "sim").exists()
+
+
+def test_the_torch_neuron_step_is_the_core_neuron_equations():
+    """training.neurons.lif_step = MEMBRANE (to the one rounding of its fused multiply-add), SPIKES, the reset
+    of the neurons that fired, REFRACTORY_LEFT; float64, both resets."""
+    from core.config import Reset
+    from training.neurons import LIFParams, LIFState, lif_step
+
+    v0, drive = RNG.uniform(-1, 2, N), RNG.uniform(-1, 1, N)
+    wait0 = RNG.integers(0, 3, N).astype(float)
+    for reset in Reset:
+        p = LIFParams(0.7, 1.0, reset, ticks=4, refractory_ticks=3)
+        s, state = lif_step(torch.from_numpy(drive), LIFState(torch.from_numpy(v0), torch.from_numpy(wait0)), p,
+                            lambda x: (x >= 0).double())
+        v = equations.membrane(v0, p.decay, drive)
+        wait = equations.refractory_left(wait0)
+        fired = equations.spikes(v, p.theta) & (wait < 0.5)
+        reset_v = equations.reset_zero(0.0) if reset is Reset.ZERO else equations.reset_subtract(v, p.theta)
+        np.testing.assert_array_equal(s.numpy(), fired * 1.0)
+        np.testing.assert_allclose(state.v.numpy(), np.where(fired, reset_v, v), rtol=0, atol=1e-15)
+        np.testing.assert_array_equal(state.wait.numpy(), wait + 3 * fired)

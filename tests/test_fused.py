@@ -8,7 +8,7 @@ from core.config import Arch, MaskSigma, Mode, ModelConfig, Reset, Surrogate
 from training import fused
 from training.flex import PlasticFlexLayer
 from training.models import build_model
-from training.neurons import LIFParams, LIFState, lif_multistep
+from training.neurons import LIFParams, LIFState, lif_run
 from training.surrogate import make_surrogate
 
 SURROGATES = [(Surrogate.ATAN, 2.0), (Surrogate.SIGMOID, 4.0), (Surrogate.RECTANGLE, 1.0)]
@@ -31,7 +31,7 @@ def test_fused_lif_equals_lif_step_loop(reset, detach, surrogate, t_in):
     w_s = torch.randn(steps, 3, 5, 4, 4, dtype=torch.float64)
     w_v = torch.randn(3, 5, 4, 4, dtype=torch.float64)
 
-    ref_s, ref_state = lif_multistep(currents, steps, LIFParams(beta, theta, reset), spike_fn,
+    ref_s, ref_state = lif_run(currents, None, steps, LIFParams(beta, theta, reset), spike_fn,
                                      detach_state=detach, state=LIFState(v0))
     new_s, new_v = fused.lif_fused(currents, steps, beta, theta, reset, spike_fn, detach_state=detach, v0=v0)
     assert torch.equal(ref_s, new_s)
@@ -51,7 +51,7 @@ def test_fused_lif_spikes_only_gradient():
     torch.manual_seed(1)
     spike_fn = make_surrogate(Surrogate.ATAN, 2.0)
     currents = torch.randn(3, 2, 8, dtype=torch.float64).requires_grad_()
-    ref, _ = lif_multistep(currents, 3, LIFParams(0.5, 1.0, Reset.SUBTRACT), spike_fn)
+    ref, _ = lif_run(currents, None, 3, LIFParams(0.5, 1.0, Reset.SUBTRACT), spike_fn)
     new, _ = fused.lif_fused(currents, 3, 0.5, 1.0, Reset.SUBTRACT, spike_fn)
     torch.testing.assert_close(_grads(new.sum(), [currents])[0], _grads(ref.sum(), [currents])[0])
 

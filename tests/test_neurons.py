@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from core.config import Reset
-from training.neurons import LIFParams, LIFState, initial_state, lif_multistep, lif_step
+from training.neurons import LIFParams, LIFState, initial_state, lif_run, lif_step
 from training.surrogate import ATan, Rectangle
 
 INPUT = torch.tensor([0.6, 0.6, 0.6, 0.0, 1.5], dtype=torch.float64)
@@ -35,7 +35,7 @@ def test_single_step_equals_multistep():
     torch.manual_seed(0)
     params = LIFParams(0.7, 0.8, Reset.SUBTRACT)
     currents = torch.randn(6, 3, 4, 5)
-    multi, final = lif_multistep(currents, 6, params, ATan())
+    multi, final = lif_run(currents, None, 6, params, ATan())
     state = initial_state(currents[0])
     for t in range(6):
         s, state = lif_step(currents[t], state, params, ATan())
@@ -46,19 +46,19 @@ def test_single_step_equals_multistep():
 def test_constant_input_broadcasts_over_time():
     params = LIFParams(0.5, 1.0, Reset.SUBTRACT)
     current = torch.rand(1, 2, 3) * 2
-    once, _ = lif_multistep(current, 4, params, ATan())
-    expanded, _ = lif_multistep(current.expand(4, 2, 3), 4, params, ATan())
+    once, _ = lif_run(current, None, 4, params, ATan())
+    expanded, _ = lif_run(current.expand(4, 2, 3), None, 4, params, ATan())
     assert torch.equal(once, expanded)
 
 
 def test_wrong_time_length_is_refused():
     with pytest.raises(ValueError, match="expected 1 or 4"):
-        lif_multistep(torch.zeros(3, 2), 4, LIFParams(0.5, 1.0, Reset.SUBTRACT), ATan())
+        lif_run(torch.zeros(3, 2), None, 4, LIFParams(0.5, 1.0, Reset.SUBTRACT), ATan())
 
 
 def _grad_wrt_first_step(detach: bool) -> torch.Tensor:
     currents = torch.full((4, 1), 0.45, requires_grad=True)
-    spikes, _ = lif_multistep(currents, 4, LIFParams(0.9, 1.0, Reset.SUBTRACT), ATan(), detach_state=detach)
+    spikes, _ = lif_run(currents, None, 4, LIFParams(0.9, 1.0, Reset.SUBTRACT), ATan(), detach_state=detach)
     spikes[-1].sum().backward()
     return currents.grad
 
@@ -76,12 +76,22 @@ def test_hybrid_has_no_gradient_through_time():
 
 def test_hybrid_model_cuts_time_but_keeps_layer_gradient():
     from core.config import Mode, ModelConfig
+    from training import forward as fwd
     from training.models import Activation
 
     for mode, through_time in ((Mode.HYBRID, False), (Mode.STBP, True)):
         act = Activation(ModelConfig(mode=mode, time_steps=3))
         x = torch.full((3, 1, 1), 0.7, requires_grad=True)
-        act(x, 3)[2].sum().backward()
+        fwd.neurons(act.params(ticks=1), fwd.Drive(None, x), fwd.Time(3, 1))[2].sum().backward()
         assert (x.grad[0].abs().item() > 0) is through_time
         assert x.grad[2].abs().item() > 0
         assert isinstance(act.spike_fn, Rectangle) is (mode is Mode.HYBRID)
+
+
+def test_refractory_gate_and_countdown_follow_the_core_equations():
+    """A neuron driven hard fires, stays silent for `refractory` ticks, then fires again (REFRACTORY_LEFT)."""
+    for refractory in (1, 2, 3, 5):
+        p = LIFParams(0.5, 1.0, Reset.SUBTRACT, ticks=4, refractory_ticks=refractory)
+        s, _ = lif_run(torch.full((1, 1), 50.0), None, 3, p, ATan())
+        fired = [i for i, v in enumerate(s[:, 0].tolist()) if v]
+        assert fired == list(range(0, 12, max(refractory, 1)))

@@ -8,7 +8,7 @@ from core.config import ConfigError, Reset, make_config
 from core.export_format import read_export, write_export
 from training.export import build_export, reference_forward
 from training.models import build_model
-from training.neurons import LIFParams, lif_multistep, lif_ticks, tick_params
+from training.neurons import LIFParams, lif_run
 
 
 def _heaviside(x):
@@ -18,10 +18,9 @@ def _heaviside(x):
 def test_tick_constants_integrate_a_held_drive_exactly():
     """K ticks of decay d and gain g on a held drive give the discrete membrane at every step end."""
     u = torch.tensor([[0.3], [1.1], [-0.4], [2.0]], dtype=torch.float64)
-    params = LIFParams(0.6, 1e9, Reset.SUBTRACT)
     steps = len(u)
     for k in (1, 3, 8):
-        tick = tick_params(0.6, k)
+        tick = params = LIFParams(0.6, 1e9, Reset.SUBTRACT, k)
         v, expected = 0.0, []
         for t in range(steps):
             for _ in range(k):
@@ -32,23 +31,27 @@ def test_tick_constants_integrate_a_held_drive_exactly():
             disc = 0.6 * disc + float(u[t, 0])
             ref.append(disc)
         np.testing.assert_allclose(expected, ref, rtol=1e-12, atol=1e-12)
-        assert lif_ticks(u, None, steps, params, tick, _heaviside).shape == (steps * k, 1)
+        assert lif_run(u, None, steps, params, _heaviside)[0].shape == (steps * k, 1)
 
 
 def test_one_tick_is_the_discrete_model():
+    """K = 1: v[t] = beta v[t-1] + u[t], by hand; held drive, synaptic charge and the fused kernel alike."""
     torch.manual_seed(0)
     u = torch.randn(5, 3, 7, dtype=torch.float64)
-    params = LIFParams(0.5, 1.0, Reset.SUBTRACT)
-    a, _ = lif_multistep(u, 5, params, _heaviside)
-    b = lif_ticks(u, None, 5, params, tick_params(0.5, 1), _heaviside)
-    assert torch.equal(a, b)
+    params = LIFParams(0.6, 1.0, Reset.SUBTRACT)
+    v, expected = torch.zeros(3, 7, dtype=torch.float64), []
+    for t in range(5):
+        v = torch.add(u[t], v, alpha=0.6)
+        expected.append((v >= 1.0).double())
+        v = v - expected[-1]
+    for held, jump, fused in ((u, None, False), (None, u, False), (u, None, True)):
+        assert torch.equal(lif_run(held, jump, 5, params, _heaviside, allow_fused=fused)[0], torch.stack(expected))
 
 
 def test_refractory_period_is_one_step():
     """A neuron with a strong held drive fires once per step, K ticks apart."""
     k, steps = 4, 3
-    s = lif_ticks(torch.full((1, 1), 50.0), None, steps, LIFParams(0.5, 1.0, Reset.SUBTRACT), tick_params(0.5, k),
-                  _heaviside)
+    s, _ = lif_run(torch.full((1, 1), 50.0), None, steps, LIFParams(0.5, 1.0, Reset.SUBTRACT, k), _heaviside)
     assert s[:, 0].tolist() == [1, 0, 0, 0] * steps
 
 
@@ -80,7 +83,7 @@ def test_ticks_apply_to_spiking_networks_only():
 
 @pytest.mark.parametrize("flex", [True, False])
 def test_model_at_k_ticks_equals_the_float64_reference_of_its_export(tmp_path, flex):
-    """training.ticks (the model, float32) and the export's reference forward (folded, float64) agree."""
+    """The model at K (float32, live modules) and the export's reference forward (folded, float64) agree."""
     cfg = make_config("smoke", mode="stbp", flex=flex, overrides=["model.ticks=3", "model.width=0.0625"])
     torch.manual_seed(1)
     model = build_model(cfg.model)

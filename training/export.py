@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import equations
-from core.config import Mode, Reset, RunConfig
+from core.config import MaskMode, MaskSigma, Mode, Reset, RunConfig
 from core.export_format import Export, LayerSpec, pack_spikes, params_only, write_export
 from core.results import file_sha256, provenance
-from training.flex import PlasticFlexLayer, map_channels
+from training import forward as fwd
+from training.flex import PlasticFlexLayer
 from training.models import IMAGE_SIZE, ConvStage, SpikingVGG
-from training.neurons import LIFParams, lif_multistep, lif_ticks, tick_params
+from training.neurons import LIFParams
 
 EXPORT_FILE = "export.npz"
 DEFAULT_IMAGES = 128
@@ -54,10 +55,7 @@ def model_arrays(model: SpikingVGG) -> tuple[list[dict], dict[str, np.ndarray]]:
         if not isinstance(stage, nn.MaxPool2d) and name not in model.activations:
             raise ValueError(f"stage {name} has no neurons after it (model.down_neurons=false); the Brian2 network "
                              "is built from spiking stages only. Export a run trained with down_neurons=true.")
-        if isinstance(stage, PlasticFlexLayer) and stage.mask_mode.value != "learned":
-            raise ValueError(f"stage {name} has mask_mode={stage.mask_mode.value!r}; only the learned mask is "
-                             "exported (a conv_only ablation is the twin baseline: export that instead).")
-        if isinstance(stage, PlasticFlexLayer):
+        if isinstance(stage, PlasticFlexLayer) and stage.mask_mode is MaskMode.LEARNED:
             kind, k, s, p = "flex", stage.kernel, stage.stride, stage.padding
             arrays[f"{name}.weight"], arrays[f"{name}.bias"] = fold_conv(stage.conv, stage.bn)
             arrays[f"{name}.logit_scale"], arrays[f"{name}.logit_shift"] = fold_bn(stage.logit_bn)
@@ -66,7 +64,7 @@ def model_arrays(model: SpikingVGG) -> tuple[list[dict], dict[str, np.ndarray]]:
             arrays[f"{name}.eta"] = _f64(stage.eta)
             arrays[f"{name}.plastic_bias"] = _f64(stage.plastic_bias)
             c_out = stage.conv.out_channels
-        elif isinstance(stage, ConvStage):
+        elif isinstance(stage, (ConvStage, PlasticFlexLayer)):  # a conv_only flex stage (m = 1) is a conv stage
             kind, k, s, p = "conv", stage.kernel, stage.stride, stage.padding
             arrays[f"{name}.weight"], arrays[f"{name}.bias"] = fold_conv(stage.conv, stage.bn)
             c_out = stage.conv.out_channels
@@ -87,13 +85,35 @@ def _heaviside(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0).to(x.dtype)
 
 
+def folded_network(export: Export) -> tuple[list[fwd.Stage], fwd.Readout]:
+    """The export's numbers (float64, batch-norm folded) as :func:`training.forward.run_network` reads them."""
+    a = {k: torch.from_numpy(v) for k, v in export.arrays.items() if not k.startswith("ref.")}
+    m = export.model
+    lif = LIFParams(m.beta, m.theta, Reset(m.reset), export.ticks)
+    neurons = fwd.NeuronParams(lif, _heaviside, fused=True)  # no gradient: the fused LIF's numbers are the same
+    stages = []
+    for layer in export.layers:
+        n = layer.name
+        if layer.kind == "pool":
+            stages.append(fwd.Stage(n, fwd.PoolParams(layer.kernel, layer.stride, layer.padding), None))
+            continue
+        conv = fwd.ConvParams(a[f"{n}.weight"], layer.stride, layer.padding, fwd.Affine(None, a[f"{n}.bias"].view(-1, 1, 1)))
+        params = conv
+        if layer.kind == "flex":
+            logit_norm = fwd.Affine(a[f"{n}.logit_scale"].view(-1, 1, 1), a[f"{n}.logit_shift"].view(-1, 1, 1))
+            params = fwd.FlexParams(conv, layer.kernel, a[f"{n}.pool_map"], a[f"{n}.threshold"], logit_norm,
+                                    a[f"{n}.eta"], a[f"{n}.plastic_bias"], MaskSigma(m.mask_sigma),
+                                    MaskMode.LEARNED, fused=True)
+        stages.append(fwd.Stage(n, params, neurons))
+    return stages, fwd.Readout(a["readout.weight"], a["readout.bias"])
+
+
 @torch.no_grad()
 def reference_forward(export: Export, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Float64 PyTorch forward of an export's numbers (plasticity off).
+    """Float64 forward of an export's numbers (plasticity off), at the export's trained ``K``.
 
-    Mirrors :meth:`SpikingVGG.run` step for step, with BN folded as in the
-    export and the mask written as in ``sim/``: ``z = logits + (eta[t] + b)``,
-    ``u = pool + m (conv - pool)``; the LIF update is :func:`training.neurons.lif_multistep`.
+    The one forward of every model (:func:`training.forward.run_network`) on the folded parameters of
+    :func:`folded_network`, with the exact spike function ``H(v - theta)``.
 
     With Poisson encoding the input spikes are drawn from the seed
     ``header["reference"]["input_seed"]`` and returned, so a simulator can replay them.
@@ -102,120 +122,38 @@ def reference_forward(export: Export, images: np.ndarray) -> dict[str, np.ndarra
     -------
     ``{"logits": [N, classes], "spikes.L": [N, T, C, H, W] uint8, "mask_mean.L": [N, T, C],
     "r_sel.L" / "r_inv.L": [N, C]}`` (per-image pathway drives, mean over steps and positions),
-    and ``"input_spikes": [N, T, 3, 32, 32]`` uint8 for Poisson encoding.
+    ``"spike_ticks.L"`` ``[N, T, C, H, W]`` uint8, the tick of each step's first spike within the step
+    (``K`` where none; a test aid, not stored), and ``"input_spikes": [N, T, 3, 32, 32]`` uint8 for Poisson
+    encoding.
     """
-    a = {k: torch.from_numpy(v) for k, v in export.arrays.items() if not k.startswith("ref.")}
-    model, steps = export.model, export.steps
-    params = LIFParams(model.beta, model.theta, Reset(model.reset))
-    sigma = equations.mask_sigma(model.mask_sigma)
+    steps, ticks = export.steps, export.ticks
     x = torch.from_numpy(images).to(torch.float64) / 255.0
     out: dict[str, np.ndarray] = {}
-    if model.encoding == "direct":
-        x = equations.normalise_input(x, a["input.mean"].view(1, 3, 1, 1), a["input.std"].view(1, 3, 1, 1)).unsqueeze(0)
+    if export.model.encoding == "direct":
+        mean, std = (torch.from_numpy(export.arrays[f"input.{k}"]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        x = equations.normalise_input(x, mean, std).unsqueeze(0)
     else:  # Bernoulli spikes with the pixel as probability (as SpikingVGG.encode), drawn from a fixed seed
         gen = torch.Generator().manual_seed(int(export.header.input_seed))
         x = (torch.rand((steps, *x.shape), generator=gen, dtype=torch.float64) < x).to(torch.float64)
         out["input_spikes"] = x.transpose(0, 1).to(torch.uint8).numpy()
-    if export.ticks > 1:
-        return _reference_ticks(export, a, x, params, sigma, out)
-    for layer in export.layers:
-        flat = x.flatten(0, 1)
-        if layer.kind == "pool":
-            x = F.max_pool2d(flat, layer.kernel, layer.stride, layer.padding).unflatten(0, x.shape[:2])
-            continue
-        conv = F.conv2d(flat, a[f"{layer.name}.weight"], a[f"{layer.name}.bias"], layer.stride, layer.padding)
-        conv = conv.unflatten(0, x.shape[:2])
-        current = conv
-        if layer.kind == "flex":
-            current = _flex_current(layer, a, flat, conv, x.shape[:2], steps, sigma, out)
-        spikes, _ = lif_multistep(current, steps, params, _heaviside)
-        out[f"spikes.{layer.name}"] = spikes.transpose(0, 1).to(torch.uint8).numpy()
-        x = spikes
-    scores = F.linear(x.flatten(2), a["readout.weight"], a["readout.bias"])
-    out["logits"] = scores.mean(0).numpy()
-    return out
-
-
-def _flex_current(layer: LayerSpec, a: dict[str, torch.Tensor], flat: torch.Tensor, conv: torch.Tensor,
-                  lead: torch.Size, steps: int, sigma, out: dict[str, np.ndarray]) -> torch.Tensor:
-    """Mixed current ``u`` of a flex layer; also records mask means and pathway drives into ``out``."""
-    n = layer.name
-    pool = map_channels(F.max_pool2d(flat, layer.kernel, layer.stride, layer.padding), a[f"{n}.pool_map"])
-    pool = pool.unflatten(0, lead)
-    mask = sigma(equations.mask_input(_logits(a, n, pool), *_eta_b(a, n, steps)))
-    current = equations.mix(mask, conv, pool)
-    out[f"mask_mean.{n}"] = mask.mean(dim=(3, 4)).transpose(0, 1).numpy()
-    # per-image drives as PlasticFlexLayer defines them (equations.pathway_drive per step, mean over steps;
-    # a batch of one image)
-    out[f"r_sel.{n}"] = equations.pathway_drive(conv, (3, 4)).mean(0).numpy()
-    out[f"r_inv.{n}"] = equations.pathway_drive(pool, (3, 4)).mean(0).numpy()
-    return current
-
-
-def _logits(a: dict[str, torch.Tensor], n: str, pool: torch.Tensor) -> torch.Tensor:
-    """:data:`core.equations.LOGITS` of flex layer ``n`` with its folded BN."""
-    return equations.flex_logits(pool, a[f"{n}.threshold"], a[f"{n}.logit_scale"].view(-1, 1, 1),
-                                 a[f"{n}.logit_shift"].view(-1, 1, 1))
-
-
-def _eta_b(a: dict[str, torch.Tensor], n: str, steps: int, ticks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``eta`` per tick ``[T K, 1, C, 1, 1]`` and the plastic bias ``b`` ``[C, 1, 1]`` of flex layer ``n``."""
-    return a[f"{n}.eta"][:steps].repeat_interleave(ticks, 0)[:, None, :, None, None], a[f"{n}.plastic_bias"][:, None, None]
-
-
-def _reference_ticks(export: Export, a: dict[str, torch.Tensor], x: torch.Tensor, params: LIFParams, sigma,
-                     out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """:func:`reference_forward` at ``K = export.ticks`` ticks per step (:mod:`training.ticks`, Brian2's
-    biophysical mode with delta synapses); spikes are stored per step (a neuron fires at most once per step).
-
-    ``out["spike_ticks.L"]`` holds the tick of each step's spike within the step (``K`` where none),
-    ``[N, T, C, H, W]`` uint8, for a tick-by-tick comparison.
-    """
-    from training.ticks import first_tick, or_relay, step_sum
-
-    steps, ticks = export.steps, export.ticks
-    tick = tick_params(export.model.beta, ticks)
-    analog = export.model.encoding == "direct"
-    if not analog:
-        x = first_tick(x, ticks)
-    for layer in export.layers:
-        n = layer.name
-        window = F.max_pool2d(x.flatten(0, 1), layer.kernel, layer.stride, layer.padding).unflatten(0, x.shape[:2])
-        if layer.kind == "pool":
-            x = or_relay(window, steps)[0]
-            continue
-        if analog:  # the image drive is held over each step, exactly as at K = 1
-            conv = F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], a[f"{n}.bias"], layer.stride, layer.padding)
-            conv = conv.unflatten(0, x.shape[:2])
-            held, charge = conv, None
-            if layer.kind == "flex":
-                held = _flex_current(layer, a, x.flatten(0, 1), conv, x.shape[:2], steps, sigma, out)
-        else:
-            charge = F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], None, layer.stride, layer.padding)
-            charge = charge.unflatten(0, x.shape[:2])
-            bias = a[f"{n}.bias"].view(-1, 1, 1)
-            held = bias[None, None]
-            if layer.kind == "flex":
-                fires, seen = or_relay(window, steps)
-                fires, seen = (map_channels(p.flatten(0, 1), a[f"{n}.pool_map"]).unflatten(0, p.shape[:2])
-                               for p in (fires, seen))
-                mask = sigma(equations.mask_input(_logits(a, n, seen), *_eta_b(a, n, steps, ticks)))
-                held, charge = mask * bias, equations.mix(mask, charge, fires)
-                out[f"mask_mean.{n}"] = step_sum(mask.mean(dim=(3, 4)), steps).transpose(0, 1).numpy() / ticks
-                conv_step = step_sum(F.conv2d(x.flatten(0, 1), a[f"{n}.weight"], None, layer.stride,
-                                              layer.padding).unflatten(0, x.shape[:2]), steps) + bias
-                pool_step = seen.unflatten(0, (steps, ticks))[:, -1]
-                out[f"r_sel.{n}"] = equations.pathway_drive(conv_step, (3, 4)).mean(0).numpy()
-                out[f"r_inv.{n}"] = equations.pathway_drive(pool_step, (3, 4)).mean(0).numpy()
-        analog = False
-        x = lif_ticks(held, charge, steps, params, tick, _heaviside)
-        per_step = x.unflatten(0, (steps, ticks))
-        out[f"spikes.{n}"] = per_step.sum(1).transpose(0, 1).to(torch.uint8).numpy()
-        when = torch.where(per_step > 0, torch.arange(ticks, dtype=x.dtype).view(1, -1, *[1] * (x.dim() - 1)),
+    stages, readout = folded_network(export)
+    result = fwd.run_network(stages, readout, x, fwd.Time(steps, ticks), analog=export.model.encoding == "direct")
+    for trace in result.layers:
+        n = trace.name
+        out[f"spikes.{n}"] = trace.output.transpose(0, 1).to(torch.uint8).numpy()
+        per_tick = trace.spikes.unflatten(0, (steps, ticks))
+        when = torch.where(per_tick > 0, torch.arange(ticks, dtype=x.dtype).view(1, -1, *[1] * (per_tick.dim() - 2)),
                            torch.tensor(float(ticks), dtype=x.dtype)).amin(1)
         out[f"spike_ticks.{n}"] = when.transpose(0, 1).to(torch.uint8).numpy()
-    scores = F.linear(step_sum(x, steps).flatten(2), a["readout.weight"], a["readout.bias"])
-    out["logits"] = scores.mean(0).numpy()
+        if trace.mask is not None:  # per step: the mean over positions and the step's ticks
+            mask = trace.mask.mean(dim=(3, 4))
+            if mask.shape[0] != steps:  # per tick
+                mask = fwd.step_sum(mask, steps) / (mask.shape[0] // steps)
+            out[f"mask_mean.{n}"] = mask.transpose(0, 1).numpy()
+    for paths in result.paths:  # per-image drives as PlasticFlexLayer defines them (a batch of one image)
+        out[f"r_sel.{paths.name}"] = equations.pathway_drive(paths.conv, (3, 4)).mean(0).numpy()
+        out[f"r_inv.{paths.name}"] = equations.pathway_drive(paths.pool, (3, 4)).mean(0).numpy()
+    out["logits"] = result.logits.numpy()
     return out
 
 
@@ -258,7 +196,7 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
 
 
 def physics(beta: float, ticks: int) -> dict:
-    """The physical reading of the trained dynamics (DESIGN.md §4, §6): what ``sim/`` simulates by default.
+    """The physical reading of the trained dynamics (docs/model.md, "Time"): what ``sim/`` simulates by default.
 
     The membrane constants are :data:`core.equations.PHYSICS_DEFAULTS`; one step lasts
     ``tau_m ln(1/beta)``, a tick ``dt = step / K``; the refractory period is one step; synapses are delta

@@ -1,22 +1,21 @@
-"""PlasticFlexLayer: a convolution and a max-pool mixed by a plastic mask.
+"""PlasticFlexLayer: a convolution and a max-pool mixed by a plastic mask (the parameters of a flex stage).
 
-See :mod:`core.equations` for the equations. Multi-step layout: inputs
-are ``[T', B, C, H, W]`` where ``T'`` is the number of steps or 1 (an input
-that is constant over time); the stateless convolution and pooling run once
-on the flattened ``[T'·B, ...]`` tensor, and the mask's time bias ``eta(t)``
-broadcasts the result to all ``steps``.
+See :mod:`core.equations` for the equations and :func:`training.forward.flex_stage` for the stage's time
+step, the one forward of every model. Multi-step layout: inputs are ``[T', B, C, H, W]`` where ``T'`` is the
+number of steps or 1 (an input that is constant over time).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core import equations
 from core.config import MaskMode, MaskSigma
+from training import forward as fwd
 from training import fused
+from training.forward import flat_time, map_channels
 
 # The conv path's BN starts at gamma = 1/m0 (see PlasticFlexLayer); m0 is floored so that a
 # strongly negative mask_init cannot turn the conv path's scale into 1/1e-3 = 1000.
@@ -28,13 +27,6 @@ class FlexOutput(NamedTuple):
     mask: torch.Tensor  # m, [T, B, C_out, H', W'] (conv share)
     r_sel: torch.Tensor | None  # [C_out], conv-path drive (equations.pathway_drive); training mode only
     r_inv: torch.Tensor | None  # [C_out], pool-path drive; training mode only
-    moments: torch.Tensor | None = None  # [path (conv, pool), (mean relu, mean square), T', C_out]; training only
-
-
-def flat_time(fn, x: torch.Tensor) -> torch.Tensor:
-    """Apply a stateless per-sample module to ``[T, B, ...]`` as one ``[T·B, ...]`` batch."""
-    y = fn(x.flatten(0, 1))
-    return y.unflatten(0, x.shape[:2])
 
 
 class PlasticFlexLayer(nn.Module):
@@ -90,7 +82,7 @@ class PlasticFlexLayer(nn.Module):
         return self.bn(self.conv(x))
 
     def pool_path(self, x: torch.Tensor) -> torch.Tensor:
-        """Invariance pathway ``P @ maxpool(x)`` on ``[N, C_in, H, W]``."""
+        """Invariance pathway ``P @ maxpool(x)`` on ``[N, C_in, H, W]`` (for tests and analyses)."""
         pooled = fused.max_pool(x, self.kernel, self.stride, self.padding)
         return map_channels(pooled, self.channel_map)
 
@@ -102,33 +94,24 @@ class PlasticFlexLayer(nn.Module):
         """
         return self.logit_bn(pool - self.threshold)
 
-    def mask_fn(self, z: torch.Tensor) -> torch.Tensor:
-        # core.equations' sigma, not the fused F.hardsigmoid: the latter's backward has no derivative, so
-        # Hessian-vector products (double backward, analysis.landscape) would fail on every flex model.
-        return equations.mask_sigma(self.sigma)(z)
+    def params(self) -> fwd.FlexParams:
+        """The stage's parameters as :func:`training.forward.flex_stage` reads them (live batch-norm)."""
+        return fwd.FlexParams(fwd.ConvParams(self.conv.weight, self.stride, self.padding, fwd.BatchNormLive(self.bn)),
+                              self.kernel, self.channel_map, self.threshold, fwd.BatchNormLive(self.logit_bn),
+                              self.eta, self.plastic_bias, self.sigma, self.mask_mode, fused.use_fused(self))
 
     def forward(self, x: torch.Tensor, steps: int) -> FlexOutput:
+        """The stage at one tick per step (:func:`training.forward.flex_stage`), with the pathway drives in
+        training mode."""
         if x.shape[0] not in (1, steps):
             raise ValueError(f"input has {x.shape[0]} time steps; expected 1 or {steps}.")
         if steps > self.eta.shape[0]:
             raise ValueError(f"layer was built for {self.eta.shape[0]} time steps, asked for {steps}.")
-        conv = flat_time(self.conv_path, x)
-        if self.mask_mode is MaskMode.CONV_ONLY:
-            return FlexOutput(conv, torch.ones_like(conv[:, :1]).expand_as(conv), None, None, None)
-        pool = flat_time(self.pool_path, x)
-        logits = flat_time(self.logits, pool)
-        eta, b = self.eta[:steps, None, :, None, None], self.plastic_bias[:, None, None]  # [T, 1, C, 1, 1], [C, 1, 1]
-        if fused.use_fused(self):  # the same numbers in one autograd node
-            current, mask = fused.mask_mix(logits, eta + b, conv, pool, self.sigma is MaskSigma.HARD)
-        else:
-            mask = self.mask_fn(equations.mask_input(logits, eta, b))  # broadcasts a constant input to T steps
-            current = mix_fma(mask, conv, pool)
-        r_sel = r_inv = moments = None
-        if self.training:  # pathway drives for the plasticity rule
-            with torch.no_grad():
-                moments = pathway_moments(conv, pool)
-                r_sel, r_inv = drives_from_moments(moments)
-        return FlexOutput(current, mask, r_sel, r_inv, moments)
+        drive = fwd.flex_stage(self.params(), x, fwd.Time(steps, 1), analog=True)
+        r_sel = r_inv = None
+        if self.training and drive.conv_step is not None:
+            r_sel, r_inv = drives_from_moments(pathway_moments(drive.conv_step, drive.pool_step))
+        return FlexOutput(drive.held, drive.mask.expand_as(drive.held), r_sel, r_inv)
 
     @torch.no_grad()
     def apply_plasticity(self, r_sel: torch.Tensor, r_inv: torch.Tensor, plasticity_rate: float,
@@ -136,24 +119,6 @@ class PlasticFlexLayer(nn.Module):
         """Hebbian update of the plastic bias, ``b += plasticity_rate (r_sel - r_inv) - plasticity_decay b``."""
         self.plastic_bias += equations.plasticity_delta(r_sel, r_inv, plasticity_rate, plasticity_decay,
                                                         self.plastic_bias)
-
-
-def mix_fma(mask: torch.Tensor, conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-    """:data:`core.equations.MIX`, ``pool + m (conv - pool)``, as one ``torch.addcmul``.
-
-    The fused multiply-add rounds once less than the arithmetic of ``MIX`` (equal up to one rounding,
-    tested); training keeps it because the trained models were trained with it.
-    """
-    return torch.addcmul(pool, mask, conv - pool)
-
-
-def map_channels(pooled: torch.Tensor, channel_map: torch.Tensor) -> torch.Tensor:
-    """``P @ pooled`` over the channels of ``[N, C_in, H, W]``; skipped where :func:`core.equations.maps_channels`
-    says ``P`` is the identity."""
-    c_out, c_in = channel_map.shape
-    if not equations.maps_channels(c_in, c_out):
-        return pooled
-    return F.conv2d(pooled, channel_map[:, :, None, None])
 
 
 def pathway_moments(conv: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ stages; each conv stage is a 3x3 convolution (stride 1, padding 1) and each
 ``M`` stage a 2x2 stride-2 down-sampling (C -> C). With ``flex=True`` every
 stage is a :class:`PlasticFlexLayer`: 3x3 stages mix a 3x3 conv with a 3x3
 stride-1 max-pool, ``M`` stages a 2x2 stride-2 conv with a 2x2 max-pool.
-With ``flex=False`` (the *twin* baseline, DESIGN.md §1) the same stages keep
+With ``flex=False`` (the *twin* baseline, docs/model.md) the same stages keep
 only their conv path: ``conv -> BN`` with the same kernel, stride and
 padding. Every 3x3 stage is followed by the activation; ``M`` stages are
 followed by it when ``down_neurons`` (the default, on both sides), so FLEX and
@@ -21,6 +21,9 @@ is its mean over the T steps.
 The activation is ReLU in ``ann`` mode and LIF spikes otherwise
 (:mod:`training.neurons`). Input normalisation by the CIFAR-10 channel
 statistics happens inside the model, so the model takes pixels in [0, 1].
+
+The modules hold the parameters; the forward pass is :func:`training.forward.run_network`, the one forward
+of every model and time resolution, handed the modules' parameters with live batch-norm.
 """
 from __future__ import annotations
 
@@ -31,9 +34,11 @@ from torch import nn
 
 from core import equations
 from core.config import Downsample, Encoding, Mode, ModelConfig
+from training import forward as fwd
 from training import fused
-from training.flex import PlasticFlexLayer, drives_from_moments, flat_time
-from training.neurons import LIFParams, TickParams, lif_multistep, lif_ticks
+from training.flex import PlasticFlexLayer, drives_from_moments, pathway_moments
+from training.forward import LayerTrace, flat_time
+from training.neurons import LIFParams
 from training.surrogate import make_surrogate
 
 VGG_STAGES: dict[str, list[int | str]] = {
@@ -45,25 +50,11 @@ VGG_STAGES: dict[str, list[int | str]] = {
 IMAGE_SIZE = 32
 
 
-class LayerTrace(NamedTuple):
-    """What one neuron layer did during a forward pass.
-
-    ``output`` is the activation ``[T, B, C, H, W]`` (spikes, or ReLU output in
-    ``ann`` mode). ``mask``, ``r_sel`` and ``r_inv`` are ``None`` for non-flex layers.
-    """
-
-    name: str
-    output: torch.Tensor
-    mask: torch.Tensor | None
-    r_sel: torch.Tensor | None
-    r_inv: torch.Tensor | None
-
-
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # [B, classes], mean over time of the read-out
-    layers: tuple[LayerTrace, ...]  # every neuron layer, in order
+    layers: tuple[LayerTrace, ...]  # every neuron layer, in order (training.forward.LayerTrace)
     # (name, moments) of every flex layer in training mode, neurons after it or not (flex.pathway_moments)
-    drives: tuple[tuple[str, torch.Tensor], ...] = ()
+    moments: tuple[tuple[str, torch.Tensor], ...] = ()
 
 
 class ConvStage(nn.Module):
@@ -77,17 +68,21 @@ class ConvStage(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
 
+    def params(self) -> fwd.ConvParams:
+        return fwd.ConvParams(self.conv.weight, self.stride, self.padding, fwd.BatchNormLive(self.bn))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``BN(Conv(x))`` on ``[T', B, C, H, W]`` (tests and analyses; the model runs :mod:`training.forward`)."""
         return flat_time(lambda z: self.bn(self.conv(z)), x)
 
 
 class Activation(nn.Module):
-    """ReLU (``ann``) or LIF spikes (``hybrid`` / ``stbp``) over time."""
+    """ReLU (``ann``) or LIF spikes (``hybrid`` / ``stbp``): the neurons after a stage."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.mode = cfg.mode
-        self.params = LIFParams(cfg.beta, cfg.theta, cfg.reset)
+        self.cfg = cfg
         if cfg.mode is Mode.HYBRID:
             # straight-through rate derivative: slope 1/theta over one threshold width
             self.spike_fn = make_surrogate(cfg.hybrid_surrogate, 1.0 / cfg.theta)
@@ -95,21 +90,12 @@ class Activation(nn.Module):
             self.spike_fn = make_surrogate(cfg.surrogate, cfg.surrogate_alpha)
         self.fused = True  # training.fused.lif_fused where it applies (see fused.use_fused)
 
-    def forward(self, current: torch.Tensor, steps: int) -> torch.Tensor:
+    def params(self, ticks: int) -> fwd.NeuronParams:
         if self.mode is Mode.ANN:
-            return current.relu()
-        if fused.use_fused(self):  # the same numbers in one autograd node
-            p = self.params
-            spikes, _ = fused.lif_fused(current, steps, p.beta, p.theta, p.reset, self.spike_fn,
-                                        detach_state=self.mode is Mode.HYBRID)
-            return spikes
-        spikes, _ = lif_multistep(current, steps, self.params, self.spike_fn, detach_state=self.mode is Mode.HYBRID)
-        return spikes
-
-    def ticks(self, held: torch.Tensor | None, charge: torch.Tensor | None, steps: int,
-              tick: TickParams) -> torch.Tensor:
-        """LIF spikes ``[T·K, B, ...]`` at ``K`` ticks per step (:func:`training.neurons.lif_ticks`)."""
-        return lif_ticks(held, charge, steps, self.params, tick, self.spike_fn, detach_state=self.mode is Mode.HYBRID)
+            return fwd.NeuronParams(None)
+        c = self.cfg
+        return fwd.NeuronParams(LIFParams(c.beta, c.theta, c.reset, ticks), self.spike_fn,
+                                detach_state=self.mode is Mode.HYBRID, fused=fused.use_fused(self))
 
 
 class SpikingVGG(nn.Module):
@@ -161,39 +147,40 @@ class SpikingVGG(nn.Module):
             return rates + (spikes - rates).detach()
         return equations.normalise_input(images, self.mean, self.std).unsqueeze(0)
 
+    def network(self, ticks: int) -> list[fwd.Stage]:
+        """The stages' parameters as :func:`training.forward.run_network` reads them."""
+        stages = []
+        for name, stage in zip(self.names, self.stages):
+            if isinstance(stage, nn.MaxPool2d):  # classic baseline: neuron-free max-pool
+                params = fwd.PoolParams(int(stage.kernel_size), int(stage.stride), int(stage.padding))
+            else:
+                params = stage.params()
+            neurons = self.activations[name].params(ticks) if name in self.activations else None
+            stages.append(fwd.Stage(name, params, neurons))
+        return stages
+
     def run(self, images: torch.Tensor, ticks: int | None = None) -> ModelOutput:
         """Forward pass that also returns every neuron layer's trace.
 
         ``ticks``: the time resolution K to run at (default ``cfg.ticks``; the trainer's coarse phase runs
-        a K > 1 model at one tick per step, see ``train.tick_steps``).
+        a K > 1 model at one tick per step, see ``train.coarse_steps``; the fidelity measurements run a model
+        at finer resolutions).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}.")
         ticks = self.cfg.ticks if ticks is None else ticks
-        if ticks > 1:  # K ticks per step: the biophysical mode's dynamics (training.ticks)
-            from training.ticks import run_ticks
-
-            return run_ticks(self, images, ticks)
-        steps = self.cfg.steps
-        x = self.encode(images)
-        traces, drives = [], []
-        for name, stage in zip(self.names, self.stages):
-            mask = r_sel = r_inv = moments = None
-            if isinstance(stage, PlasticFlexLayer):
-                out = stage(x, steps)
-                x, mask, r_sel, r_inv, moments = out
-            elif isinstance(stage, ConvStage):
-                x = stage(x)
-            else:  # classic baseline: max-pool of the previous layer's output (OR of spikes)
-                x = flat_time(stage, x)
-                continue
-            if moments is not None:
-                drives.append((name, moments))
-            if name in self.activations:
-                x = self.activations[name](x, steps)
-                traces.append(LayerTrace(name, x, mask, r_sel, r_inv))
-        scores = self.classifier(x.flatten(2))  # [T, B, classes]
-        return ModelOutput(scores.mean(0), tuple(traces), tuple(drives))
+        if ticks > 1 and (not self.cfg.spiking or not 0.0 < self.cfg.beta < 1.0):
+            raise ValueError(f"ticks={ticks} needs spiking neurons with 0 < beta < 1 "
+                             f"(mode={self.cfg.mode.value}, beta={self.cfg.beta}).")
+        analog = not (self.cfg.encoding is Encoding.POISSON and self.cfg.spiking)
+        readout = fwd.Readout(self.classifier.weight, self.classifier.bias)
+        out = fwd.run_network(self.network(ticks), readout, self.encode(images), fwd.Time(self.cfg.steps, ticks),
+                              analog)
+        moments = ()
+        if self.training:  # the pathway drives of the plasticity rule, from the per-step paths
+            with torch.no_grad():
+                moments = tuple((p.name, pathway_moments(p.conv, p.pool)) for p in out.paths)
+        return ModelOutput(out.logits, out.layers, moments)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images).logits
@@ -209,7 +196,7 @@ class SpikingVGG(nn.Module):
     def apply_plasticity(self, out: ModelOutput) -> None:
         """Hebbian step of every flex layer's mask bias from the drives of one forward pass."""
         layers = self.flex_layers()
-        for name, moments in out.drives:
+        for name, moments in out.moments:
             r_sel, r_inv = drives_from_moments(moments)
             layers[name].apply_plasticity(r_sel, r_inv, self.cfg.plasticity_rate, self.cfg.plasticity_decay)
 
