@@ -60,12 +60,12 @@ BENCH_RUN   ?= $(if $(wildcard runs/quick/flex-stbp/seed0/checkpoint.pt),runs/qu
 bench: $(STAMP) data
 	$(PY) -m pip install -q --no-deps $(BENCH_PEERS) || echo "peers could not be installed; the table omits them"
 	mkdir -p $(BENCH_OUT)
-	OMP_NUM_THREADS=1 $(PY) -m training.benchmark --out $(BENCH_OUT)/training_step.txt
-	OMP_NUM_THREADS=1 $(PY) -m training.benchmark --arch vgg16 --width 1 --batch 32 --rounds 5 --no-memory \
+	OMP_NUM_THREADS=1 $(PY) -m bioflexnet.bench_training --out $(BENCH_OUT)/training_step.txt
+	OMP_NUM_THREADS=1 $(PY) -m bioflexnet.bench_training --arch vgg16 --width 1 --batch 32 --rounds 5 --no-memory \
 		--only ann hybrid stbp --out $(BENCH_OUT)/training_step_vgg16.txt
 	test -f $(BENCH_RUN)/checkpoint.pt || $(VENV)/bin/bioflexnet train --profile smoke --mode stbp --flex --device cpu --out $(BENCH_RUN)
 	test -f $(BENCH_RUN)/export.npz || $(VENV)/bin/bioflexnet export $(BENCH_RUN) --images 50
-	$(PY) -m sim.benchmark $(BENCH_RUN) --images 50 --repeats 3 --devices runtime cpp_standalone | tee $(BENCH_OUT)/brian2.txt
+	$(PY) -m bioflexnet.bench_sim $(BENCH_RUN) --images 50 --repeats 3 --devices runtime cpp_standalone | tee $(BENCH_OUT)/brian2.txt
 	cat $(BENCH_OUT)/training_step.txt $(BENCH_OUT)/training_step_vgg16.txt $(BENCH_OUT)/brian2.txt > $(BENCH_OUT)/bench.txt
 	@echo "tables written to $(BENCH_OUT)/bench.txt"
 

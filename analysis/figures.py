@@ -337,7 +337,7 @@ def plot_convergence(conv: xr.Dataset) -> plt.Figure:
     ``dt = step / K``, one line per model; the trained ``K`` of each model is marked with a ring; a dotted
     line per model: the agreement on the images whose reference margin is at least the median."""
     fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.2))
-    ks = np.asarray(conv.substeps.values)
+    ks = np.asarray(conv.ticks.values)
     for variant, seed in _runs(conv.class_agreement):
         row = conv.sel(variant=variant, seed=seed)
         trained = int(row.trained_ticks)

@@ -9,7 +9,7 @@ Definitions (also written into every result's attrs):
   the worst case also count an image as broken at ε when they broke it at a
   smaller ε of the grid (the L∞ balls are nested, so that image is a valid
   adversarial at ε), and do not attack it again.
-* **worst** (the robustness claim, DESIGN.md §5): per image, correct only if
+* **worst** (the robustness claim, docs/model.md, "Attacks"): per image, correct only if
   it is correct clean *and* under every one of APGD-CE, APGD-DLR,
   best-iterate PGD, Square and transfer that was run (all on the common L∞
   grid, which holds 8/255 exactly: ``worst_accuracy_8_255``).

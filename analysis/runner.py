@@ -44,7 +44,7 @@ def run_attrs(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
 
 def default_twin_dir(run_dir: str | os.PathLike, cfg: RunConfig) -> Path:
     """The ANN twin's conventional place: ``RUN_DIR/../../{flex|vgg}-ann/seed<N>`` (the layout of ``reproduce``)."""
-    return RunLayout(Path(run_dir).resolve().parent.parent).run_dir(cfg.variant.ann_twin, cfg.seed)
+    return RunLayout.of_run(run_dir).run_dir(cfg.variant.ann_twin, cfg.seed)
 
 
 def load_twin(twin_dir: str | os.PathLike, cfg: RunConfig, device: str) -> SpikingVGG:

@@ -1,10 +1,10 @@
 """Settings of the three analyses, one frozen dataclass each, with a preset per profile.
 
-The ``paper`` presets follow the original authors (DESIGN.md §2) for the
+The ``paper`` presets follow the original authors (docs/model.md, "Attacks") for the
 *paper protocol*: FGSM ε ∈ [0, 0.64], PGD ε ∈ [0, 23/255] with α = ε/4 and 20
 steps, SPGD = the same PGD over ε ∈ [0, 0.5], on the full test split; 24
 values each rather than the authors' 23, so that the L∞ grid is every integer
-ε·255 from 0 to 23 and holds 8/255 as its own point (DESIGN.md §5). The
+ε·255 from 0 to 23 and holds 8/255 as its own point (docs/model.md, "Attacks"). The
 robustness claim (the per-image worst case) adds APGD-CE and APGD-DLR with the
 standard 100 iterations and Square with 5,000 queries. ``quick`` fits
 all six quick variants into a few CPU minutes; ``smoke`` takes seconds (tests).

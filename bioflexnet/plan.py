@@ -36,8 +36,8 @@ NOTEBOOK_DIR = SOURCE_ROOT / "notebooks"
 class SimPlan(NamedTuple):
     images: int  # reference images exported and simulated at the trained resolution
     bio_images: int  # images per biophysical run
-    substeps: tuple[int, ...]  # biophysical dt = step / K for each K (delta synapses)
-    pulse_substeps: int  # the K of the one biophysical run with pulse synapses
+    ticks: tuple[int, ...]  # biophysical dt = step / K for each K (delta synapses)
+    pulse_ticks: int  # the K of the one biophysical run with pulse synapses
 
 
 # quick and paper: 200 images per Brian2 run, so a class agreement near 0.95 has a standard error of ~0.015
@@ -141,8 +141,7 @@ class Plan:
     def config(self, name: str, seed: int):
         variant, overrides = self._variant_and_overrides(name)
         return make_config(self.profile, mode=variant.mode.value, flex=variant.flex, seed=seed,
-                           overrides=(*(["model.downsample=maxpool"] if variant.family == "vggmp" else []),
-                                      *overrides))
+                           overrides=(*variant.model_overrides(), *overrides))
 
     @property
     def train_threads(self) -> int:
@@ -174,10 +173,10 @@ class Plan:
         if 0.0 < cfg.model.beta < 1.0:
             bio = ["--device", self.brian_device, "--images", str(plan.bio_images), "--mode", "biophysical",
                    "--no-spikes"]
-            for k in sorted(set(plan.substeps) | {cfg.model.ticks}):
-                jobs[f"biophysical_k{k}"] = [*bio, "--substeps", str(k)]
-            k = plan.pulse_substeps
-            jobs[f"biophysical_pulse_k{k}"] = [*bio, "--substeps", str(k), "--synapse", "pulse"]
+            for k in sorted(set(plan.ticks) | {cfg.model.ticks}):
+                jobs[f"biophysical_k{k}"] = [*bio, "--ticks", str(k)]
+            k = plan.pulse_ticks
+            jobs[f"biophysical_pulse_k{k}"] = [*bio, "--ticks", str(k), "--synapse", "pulse"]
         return jobs
 
     def analysis_args(self, name: str, seed: int) -> list[str]:
@@ -192,7 +191,7 @@ class Plan:
     def targets(self) -> list[str]:
         """Every final file of the reproduction (Snakemake's ``rule all``), relative to the root."""
         files = [RunLayout.TRAINING_SUMMARY, *RunLayout.ANALYSES, RunLayout.CLAIMS, "claims.md",
-                 RunLayout.SIM_SUMMARY, *(f"figures/{n}.ipynb" for n in NOTEBOOK_INPUTS)]
+                 RunLayout.SIM_SUMMARY, *(RunLayout.figure(n) for n in NOTEBOOK_INPUTS)]
         if self.ablations:
             files += [RunLayout.ABLATIONS, "ablations.md"]
         return files
@@ -200,11 +199,11 @@ class Plan:
     def costliest(self) -> list[str]:
         """The trainings to start first (flex stbp and hybrid, about twice the others' time): with the
         longest jobs first, parallel workers finish together (Snakemake's ``--prioritize``)."""
-        return [f"{RunLayout.run_name(v, s)}/metrics.nc" for v, s in self.runs()
+        return [RunLayout.in_run(v, s, RunLayout.METRICS) for v, s in self.runs()
                 if v.flex and v.mode.value in ("stbp", "hybrid")]
 
     def sim_results(self) -> dict[tuple[str, int], dict[str, str]]:
-        return {(v, s): {job: f"{RunLayout.run_name(v, s)}/sim/{job}/sim.nc" for job in self.sim_jobs(v, s)}
+        return {(v, s): {job: f"{RunLayout.sim_job(v, s, job)}/{RunLayout.SIM_RESULT}" for job in self.sim_jobs(v, s)}
                 for v, s in self.sim_runs()}
 
     def sim_outputs(self) -> list[str]:
@@ -215,7 +214,7 @@ class Plan:
     def notebook_inputs(self, name: str) -> list[str]:
         inputs = [str(NOTEBOOK_DIR / f"{name}.ipynb"), *NOTEBOOK_INPUTS[name]]
         if name == "fig3_training":
-            inputs += [f"{RunLayout.run_name(v, s)}/metrics.nc" for v, s in self.runs()]  # not the ablations
+            inputs += [RunLayout.in_run(v, s, RunLayout.METRICS) for v, s in self.runs()]  # not the ablations
         if name == "fidelity":
             inputs += self.sim_outputs()[1:]
             inputs += [p for r in self.sim_results().values() for j, p in r.items() if j == "exact_plasticity"]

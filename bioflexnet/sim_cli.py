@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from core.validate import finite_float, output_dir, seed_int
+from core.validate import finite_float, output_dir, renamed, seed_int
 
 EXPORT_FILE = "export.npz"  # the default name written by `bioflexnet export`
 RESULT_FILE = "sim.nc"
@@ -36,9 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plasticity", action=argparse.BooleanOptionalAction, default=False,
                    help="run the online mask plasticity (default off: the fidelity check needs it off)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/sim)")
-    p.add_argument("--substeps", type=int, default=None,
+    p.add_argument("--ticks", type=int, default=None,
                    help="biophysical mode: ticks K per PyTorch step, dt = step / K (default: the K the network was "
-                        "trained at, recorded in the export)")
+                        "trained at, model.ticks, recorded in the export)")
+    p.add_argument("--substeps", dest="ticks", type=int, action=renamed("--ticks"), help=argparse.SUPPRESS)
     p.add_argument("--synapse", choices=["delta", "pulse"], default="delta",
                    help="biophysical mode: a spike makes its targets' membranes jump (delta, default) or drives them "
                         "with a current pulse one step long (pulse)")
@@ -82,7 +83,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
         if args.build_dir is not None:
             output_dir(args.build_dir, "--build-dir")
     options = SimOptions(n_images=args.images or 0, mode=args.mode or "exact", device=args.device,
-                         plasticity=args.plasticity, substeps=args.substeps, synapse=args.synapse,
+                         plasticity=args.plasticity, ticks=args.ticks, synapse=args.synapse,
                          tau_m_ms=args.tau_m_ms, v_rest_mv=args.v_rest_mv, v_threshold_mv=args.v_threshold_mv,
                          refractory_ms=args.refractory_ms,
                          build_dir=args.build_dir or out / f"build_{args.device}", build_only=args.build_only,
@@ -115,7 +116,7 @@ def summary(ds, m) -> str:
              f"{'layer':<8} {'agreement':>10} {'mismatches':>11} {'rate':>7} {'ref rate':>9}"]
     if "step_ms" in ds.attrs:  # the physics simulated
         trained = m.ticks
-        lines.insert(1, f"physics: K = {ds.attrs['substeps']} ticks per step (trained at {trained}), "
+        lines.insert(1, f"physics: K = {ds.attrs['ticks']} ticks per step (trained at {trained}), "
                         f"step = {ds.attrs['step_ms']:.4g} ms, tau_m = {ds.attrs['tau_m_ms']:.4g} ms, "
                         f"V_rest = {ds.attrs['v_rest_mv']:.4g} mV, V_th = {ds.attrs['v_threshold_mv']:.4g} mV, "
                         f"refractory {ds.attrs['refractory_ms']:.4g} ms, {ds.attrs['synapse']} synapses, "

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -35,7 +36,7 @@ class Arch(str, enum.Enum):
 
 
 class Mode(str, enum.Enum):
-    """Training mode (DESIGN.md §1)."""
+    """Training mode (docs/model.md, "Network")."""
 
     ANN = "ann"  # ReLU, one step, ordinary backprop
     HYBRID = "hybrid"  # LIF over T steps, no gradient through time, rate derivative
@@ -83,6 +84,16 @@ class Downsample(str, enum.Enum):
     MAXPOOL = "maxpool"  # the classic VGG: a neuron-free 2x2 max-pool (an extra, named baseline)
 
 
+# model family -> (model.flex, model.downsample): the one place a family's name is tied to the config
+FAMILIES: dict[str, tuple[bool, Downsample]] = {"flex": (True, Downsample.CONV), "vgg": (False, Downsample.CONV),
+                                               "vggmp": (False, Downsample.MAXPOOL)}
+
+
+def family_of(flex: bool, downsample: Downsample) -> str:
+    """``flex``, ``vgg`` (the twin) or ``vggmp`` (the classic max-pool VGG) of a model's choices."""
+    return next(f for f, (fl, ds) in FAMILIES.items() if fl == flex and (fl or ds is downsample))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and neuron model.
@@ -90,7 +101,7 @@ class ModelConfig:
     ``time_steps`` is T for the spiking modes; ``ann`` always runs one step
     (see :attr:`steps`).
 
-    Stages (DESIGN.md §1, the twin baseline): ``flex`` makes every stage a
+    Stages (docs/model.md, "Network", the twin baseline): ``flex`` makes every stage a
     PlasticFlexLayer; ``flex=False`` keeps the same stages with the pool path
     and mask removed (3x3 conv stages, 2x2 stride-2 conv down-sampling), so
     both sides have neurons in exactly the same places. ``down_neurons`` puts
@@ -126,7 +137,7 @@ class ModelConfig:
     plasticity_rate: float = 1e-3
     plasticity_decay: float = 1e-3
     num_classes: int = 10
-    ticks: int = 1  # K ticks per step: the time resolution of the LIF (DESIGN.md §6; training.neurons.lif_ticks)
+    ticks: int = 1  # K ticks per step: the time resolution of the LIF (docs/model.md, "Time")
 
     def __post_init__(self) -> None:
         _check(0 < self.width <= 64, "model.width", self.width, "must be > 0 and <= 64 (1.0 = the paper's channel counts)")
@@ -166,9 +177,7 @@ class ModelConfig:
     @property
     def family(self) -> str:
         """``flex``, ``vgg`` (the twin) or ``vggmp`` (the classic max-pool VGG)."""
-        if self.flex:
-            return "flex"
-        return "vggmp" if self.downsample is Downsample.MAXPOOL else "vgg"
+        return family_of(self.flex, self.downsample)
 
 
 @dataclass(frozen=True)
@@ -192,9 +201,9 @@ class TrainConfig:
     eval_batch_size: int = 500
     augment: bool = True
     init_from: str = ""  # a run directory whose trained weights start this run (fine-tuning); "" = random init
-    # Coarse-to-fine time resolution: only the last `tick_steps` optimisation steps run at model.ticks, the
-    # ones before at one tick per step (K times cheaper); 0 = every step at model.ticks (DESIGN.md §6)
-    tick_steps: int = 0
+    # Coarse-to-fine time resolution: only the last `fine_updates` optimiser updates run at model.ticks, the
+    # ones before at one tick per step (K times cheaper); 0 = every update at model.ticks (docs/model.md, "Time")
+    fine_updates: int = 0
     val_size: int = 5000
     data_seed: int = 0
     # Speed (issue 12). The step never waits for the device: loss and accuracy are accumulated there and read,
@@ -212,7 +221,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs, f"must lie in [0, epochs={self.epochs}]")
-        _check(self.tick_steps >= 0, "train.tick_steps", self.tick_steps,
+        _check(self.fine_updates >= 0, "train.fine_updates", self.fine_updates,
                "is the number of final steps trained at model.ticks and must be >= 0 (0 = all)")
         _check(self.train_subset >= 0, "train.train_subset", self.train_subset, "must be >= 0 (0 = whole training split)")
         _check(10 <= self.val_size <= 25000, "train.val_size", self.val_size,
@@ -270,7 +279,7 @@ def _profile_smoke() -> RunConfig:
     )
 
 
-QUICK_TICKS, QUICK_TICK_STEPS = 1, 0
+QUICK_TICKS, QUICK_FINE_UPDATES = 1, 0
 
 
 def _profile_quick() -> RunConfig:
@@ -279,14 +288,14 @@ def _profile_quick() -> RunConfig:
     A shallow VGG (5 weight layers) because the deep narrow spiking nets learn too
     slowly for a CPU budget; the paper profile uses VGG16.
     """
-    # One tick per step. Training at K = 4 (model.ticks=4, optionally train.tick_steps=N for a fine-tune of the
+    # One tick per step. Training at K = 4 (model.ticks=4, optionally train.fine_updates=N for a fine-tune of the
     # last N steps, or `train --init-from RUN`) makes Brian2's biophysical mode at K reproduce every spike, but a
     # K = 4 step costs ~6x a K = 1 step, every analysis would run at K = 4, and finer dt still does not converge
     # (class agreement 0.70-0.80 at 2K and 4K; README "Fidelity"), so the CPU demo stays at K = 1.
     return RunConfig(
         model=ModelConfig(arch=Arch.VGG5, width=0.25, time_steps=2, ticks=QUICK_TICKS),
         train=TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.3, train_subset=25600, eval_batch_size=250,
-                          tick_steps=QUICK_TICK_STEPS),
+                          fine_updates=QUICK_FINE_UPDATES),
         profile="quick",
     )
 
@@ -340,11 +349,20 @@ def make_config(
     return config_from_dict(data)
 
 
+# keys that were renamed: old dotted name -> new (old config.json files and --set spellings keep working)
+RENAMED_KEYS = {"train.tick_steps": "train.fine_updates"}
+
+
 def _split_override(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r} is not of the form key=value (e.g. model.time_steps=4).")
     key, value = item.split("=", 1)
-    return key.strip(), value.strip()
+    key = key.strip()
+    for old, new in RENAMED_KEYS.items():
+        if key in (old, old.split(".")[-1]):
+            print(f"note: --set {key} is now called {new}; it does the same.", file=sys.stderr)
+            key = new
+    return key, value.strip()
 
 
 def _assign(data: dict[str, Any], key: str, raw: str) -> None:
@@ -399,12 +417,23 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
             f"config format {fmt!r} is not supported by this version (expects {CONFIG_FORMAT}); "
             "train the run again with this version or install the version that wrote it."
         )
+    data = _renamed(data)
     model = _build(ModelConfig, data.get("model", {}), "model")
     train = _build(TrainConfig, data.get("train", {}), "train")
     extra = set(data) - {"model", "train", "profile", "seed", "format"}
     if extra:
         raise ConfigError(f"unknown config keys {sorted(extra)}; valid top-level keys are model, train, profile, seed.")
     return RunConfig(model=model, train=train, profile=data.get("profile", "paper"), seed=_coerce(int, data.get("seed", 0), "seed"))
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the keys of :data:`RENAMED_KEYS` under their new names (a config written before a rename)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in RENAMED_KEYS.items():
+        (section, key), (_, new_key) = old.split("."), new.split(".")
+        if isinstance(data.get(section), dict) and key in data[section] and new_key not in data[section]:
+            data[section][new_key] = data[section].pop(key)
+    return data
 
 
 def _build(cls: type, values: dict[str, Any], section: str) -> Any:

@@ -1,6 +1,6 @@
 """The PlasticFlex equations that PyTorch and Brian2 share, free of torch.
 
-DESIGN.md §1::
+docs/model.md, "Network"::
 
     u(x, t) = m(x, t) * Conv(x) + (1 - m(x, t)) * Pool(x)
     m(x, t) = sigma(logits(x) + eta(t) + b)
@@ -155,7 +155,7 @@ def maps_channels(c_in: int, c_out: int) -> bool:
 
 # --- input ---------------------------------------------------------------------------------------
 # CIFAR-10 training-set channel statistics; direct encoding feeds the normalised image, inside the model,
-# so attacks work in [0, 1] pixel space (DESIGN.md §1). Exports carry the model's copy as input.mean/std.
+# so attacks work in [0, 1] pixel space (docs/model.md, "Network"). Exports carry the model's copy as input.mean/std.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 

@@ -125,9 +125,9 @@ class ModelHeader:
 class Physics:
     """``header["physics"]``: the physical reading of the trained dynamics (defaults for older exports)."""
 
-    tau_m_ms: float = 10.0
-    v_rest_mv: float = -65.0
-    v_threshold_mv: float = -50.0
+    tau_m_ms: float = equations.PHYSICS_DEFAULTS["tau_m_ms"]
+    v_rest_mv: float = equations.PHYSICS_DEFAULTS["v_rest_mv"]
+    v_threshold_mv: float = equations.PHYSICS_DEFAULTS["v_threshold_mv"]
     ticks: int = 1
     step_ms: float | None = None  # tau_m ln(1/beta); None without a leaky membrane
     dt_ms: float | None = None

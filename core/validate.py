@@ -95,3 +95,16 @@ def output_file(path: str | os.PathLike, option: str = "--out") -> Path:
         raise PathError(f"{option} {path} is a directory; give a file name (e.g. {path / 'result.nc'}).")
     output_dir(path.parent, f"{option} {path}: its folder")
     return path
+
+
+def renamed(new: str) -> type[argparse.Action]:
+    """An argparse action for an old option name: stores into the new option's field and says the new name."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            import sys
+
+            print(f"note: {option_string} is now called {new}; it does the same.", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    return Renamed

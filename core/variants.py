@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from core.config import Mode
+from core.config import FAMILIES as _FAMILY_MODELS
+from core.config import Downsample, Mode, family_of
 from core.errors import UserError
 
-FAMILIES = ("flex", "vgg", "vggmp")
+FAMILIES = tuple(_FAMILY_MODELS)  # ("flex", "vgg", "vggmp")
 
 
 class VariantError(UserError, ValueError):
@@ -62,7 +63,7 @@ class Variant(str):
 
     @classmethod
     def of(cls, flex: bool, mode: Mode | str, maxpool: bool = False) -> "Variant":
-        return cls("flex" if flex else "vggmp" if maxpool else "vgg", mode)
+        return cls(family_of(flex, Downsample.MAXPOOL if maxpool else Downsample.CONV), mode)
 
     @property
     def family(self) -> str:
@@ -74,7 +75,11 @@ class Variant(str):
 
     @property
     def flex(self) -> bool:
-        return self.family == "flex"
+        return _FAMILY_MODELS[self.family][0]
+
+    @property
+    def downsample(self) -> Downsample:
+        return _FAMILY_MODELS[self.family][1]
 
     @property
     def spiking(self) -> bool:
@@ -88,7 +93,12 @@ class Variant(str):
     def train_options(self) -> list[str]:
         """The ``bioflexnet train`` options that select this variant."""
         opts = ["--mode", self.mode.value, "--flex" if self.flex else "--no-flex"]
-        return opts + (["--set", "model.downsample=maxpool"] if self.family == "vggmp" else [])
+        return opts + (["--set", f"model.downsample={self.downsample.value}"] if self.downsample is not Downsample.CONV
+                       else [])
+
+    def model_overrides(self) -> list[str]:
+        """The ``--set`` overrides of this family beyond ``model.flex`` (the classic VGG's max-pools)."""
+        return [f"model.downsample={self.downsample.value}"] if self.downsample is not Downsample.CONV else []
 
 
 # The six variants of the paper, the most expensive first (parallel workers then finish together)
@@ -122,10 +132,17 @@ _RUN_DIR = re.compile(r"^(?P<name>[a-z0-9_-]+)/seed(?P<seed>\d+)$")
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where every file of a reproduction lives under ``root`` (see the module docstring)."""
+    """Where every file of a reproduction lives under ``root`` (see the module docstring).
+
+    The static methods give paths relative to the root (what the Snakefile and the plan use: the workflow
+    runs inside the root); the instance methods absolute ones. ``RUN`` and ``SIM_JOB`` are the same layout
+    as Snakemake wildcard patterns.
+    """
 
     root: Path
 
+    RUN = "{variant}/seed{seed}"  # a run directory, as a wildcard pattern
+    SIM_JOB = RUN + "/sim/{job}"  # one Brian2 simulation of a run
     TRAINING_SUMMARY = "training_summary.nc"
     ANALYSES = ("robustness.nc", "sparsity.nc", "landscape.nc")
     SIM_SUMMARY = "sim_summary.nc"
@@ -135,18 +152,36 @@ class RunLayout:
     EXPORT = "export.npz"
     CHECKPOINT = "checkpoint.pt"
     METRICS = "metrics.nc"
+    SIM_RESULT = "sim.nc"
+    FIGURES = "figures"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    @staticmethod
-    def run_name(variant: str, seed: int) -> str:
-        """``flex-stbp/seed0``: a run directory relative to the root."""
-        return f"{variant}/seed{int(seed)}"
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> "RunLayout":
+        """The layout whose root holds ``run_dir`` (``ROOT/<variant>/seed<N>``)."""
+        return cls(Path(run_dir).resolve().parents[1])
 
     @staticmethod
-    def ablation_name(ablation: str, seed: int) -> str:
-        return f"ablation-{ablation}/seed{int(seed)}"
+    def run_name(variant: str, seed: int) -> str:
+        """``flex-stbp/seed0``: a run directory relative to the root (ablations: ``ablation-<name>``)."""
+        return RunLayout.RUN.format(variant=variant, seed=int(seed))
+
+    @staticmethod
+    def in_run(variant: str, seed: int, name: str) -> str:
+        """A file of a run, relative to the root: ``flex-stbp/seed0/metrics.nc``."""
+        return f"{RunLayout.run_name(variant, seed)}/{name}"
+
+    @staticmethod
+    def sim_job(variant: str, seed: int, job: str) -> str:
+        """A simulation's directory, relative to the root: ``flex-stbp/seed0/sim/exact``."""
+        return RunLayout.SIM_JOB.format(variant=variant, seed=int(seed), job=job)
+
+    @staticmethod
+    def figure(notebook: str, suffix: str = ".ipynb") -> str:
+        """An executed notebook (or its figure), relative to the root."""
+        return f"{RunLayout.FIGURES}/{notebook}{suffix}"
 
     @staticmethod
     def parse_run_name(name: str) -> tuple[str, int]:
@@ -159,18 +194,9 @@ class RunLayout:
     def run_dir(self, variant: str, seed: int) -> Path:
         return self.root / self.run_name(variant, seed)
 
-    def ablation_dir(self, ablation: str, seed: int) -> Path:
-        return self.root / self.ablation_name(ablation, seed)
-
-    def export(self, variant: str, seed: int) -> Path:
-        return self.run_dir(variant, seed) / self.EXPORT
-
-    def sim_dir(self, variant: str, seed: int, job: str) -> Path:
-        return self.run_dir(variant, seed) / "sim" / job
-
     def sim_result(self, variant: str, seed: int, job: str) -> Path:
-        return self.sim_dir(variant, seed, job) / "sim.nc"
+        return self.root / self.sim_job(variant, seed, job) / self.SIM_RESULT
 
     @property
     def figures(self) -> Path:
-        return self.root / "figures"
+        return self.root / self.FIGURES

@@ -24,6 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from brian2 import Quantity, ms, mV
 
+from core import equations
+
 
 class BiophysicalParams(NamedTuple):
     """Physical LIF parameters (brian2 quantities); ``drive * u`` is ``R I`` for a drive ``u`` in discrete units."""
@@ -37,8 +39,13 @@ class BiophysicalParams(NamedTuple):
     refractory: Quantity  # absolute refractory period after a spike
 
 
-def discrete_to_biophysical(beta: float, theta: float, tau_m: Quantity = 10 * ms, v_rest: Quantity = -65 * mV,
-                            v_threshold: Quantity = -50 * mV, refractory: Quantity | None = None) -> BiophysicalParams:
+_DEFAULTS = equations.PHYSICS_DEFAULTS
+
+
+def discrete_to_biophysical(beta: float, theta: float, tau_m: Quantity = _DEFAULTS["tau_m_ms"] * ms,
+                            v_rest: Quantity = _DEFAULTS["v_rest_mv"] * mV,
+                            v_threshold: Quantity = _DEFAULTS["v_threshold_mv"] * mV,
+                            refractory: Quantity | None = None) -> BiophysicalParams:
     """Map the discrete LIF ``(beta, theta)`` to physical units, fixing ``tau_m`` and the voltage scale.
 
     ``refractory`` defaults to one step: the discrete neuron fires at most once per step.
@@ -57,7 +64,7 @@ def discrete_to_biophysical(beta: float, theta: float, tau_m: Quantity = 10 * ms
     if not (tau_m > 0 * ms and theta > 0):
         raise ValueError(f"tau_m={tau_m} and theta={theta} must be positive.")
     unit = (v_threshold - v_rest) / theta
-    step = tau_m * np.log(1.0 / beta)
+    step = equations.step_ms(beta, float(tau_m / ms)) * ms
     return BiophysicalParams(step=step, tau_m=tau_m, v_rest=v_rest, v_threshold=v_threshold, unit=unit,
                              drive=unit / (1.0 - beta), refractory=step if refractory is None else refractory)
 

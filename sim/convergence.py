@@ -1,7 +1,7 @@
-"""Convergence in dt: one table of ``sim.nc`` results, models x ticks per step (DESIGN.md §6).
+"""Convergence in dt: one table of ``sim.nc`` results, models x ticks per step (docs/model.md, "Time").
 
 ``python -m sim.convergence OUT.nc LABEL=SIM_DIR [LABEL=SIM_DIR ...]`` collects the ``sim.nc`` files
-found under each ``SIM_DIR/k{K}/`` (written by ``bioflexnet sim RUN --mode biophysical --substeps K
+found under each ``SIM_DIR/k{K}/`` (written by ``bioflexnet sim RUN --mode biophysical --ticks K
 --out SIM_DIR/k{K}``) into one xarray Dataset: class agreement with the float64 PyTorch reference of
 the export (the network at its *trained* resolution), the same on the images the reference is
 confident about (its top-two logit margin at least the median: the flips at finer dt are mostly among
@@ -26,7 +26,7 @@ def confident_agreement(logits: np.ndarray, reference_logits: np.ndarray) -> flo
 
 
 def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset:
-    """``{model label: {K: sim.nc dataset}}`` -> Dataset over ``(model, substeps[, layer])``."""
+    """``{model label: {K: sim.nc dataset}}`` -> Dataset over ``(model, ticks[, layer])``."""
     models = list(results)
     ks = sorted({k for r in results.values() for k in r})
     layers = list(dict.fromkeys(la for r in results.values() for ds in r.values() for la in ds.layer.values))
@@ -50,20 +50,20 @@ def convergence_dataset(results: dict[str, dict[int, xr.Dataset]]) -> xr.Dataset
     from core.results import provenance
 
     return xr.Dataset(
-        {"class_agreement": (("model", "substeps"), agree, {"long_name": "fraction of images classified as by the "
+        {"class_agreement": (("model", "ticks"), agree, {"long_name": "fraction of images classified as by the "
                                                                           "PyTorch reference at the trained K",
                                                               "units": "1"}),
-         "class_agreement_confident": (("model", "substeps"), confident,
+         "class_agreement_confident": (("model", "ticks"), confident,
                                        {"long_name": "class agreement on the images whose reference top-two "
                                                      "logit margin is at least the median", "units": "1"}),
-         "accuracy": (("model", "substeps"), acc, {"long_name": "Brian2 top-1 accuracy", "units": "1"}),
-         "reference_accuracy": (("model", "substeps"), ref_acc,
+         "accuracy": (("model", "ticks"), acc, {"long_name": "Brian2 top-1 accuracy", "units": "1"}),
+         "reference_accuracy": (("model", "ticks"), ref_acc,
                                 {"long_name": "PyTorch top-1 accuracy (trained K) on the same images", "units": "1"}),
-         "rate_ratio": (("model", "substeps", "layer"), ratio,
+         "rate_ratio": (("model", "ticks", "layer"), ratio,
                         {"long_name": "Brian2 firing rate / PyTorch firing rate", "units": "1"}),
          "trained_ticks": (("model",), trained, {"long_name": "ticks per step the model was trained at", "units": "1"})},
-        coords={"model": models, "substeps": ("substeps", ks, {"long_name": "ticks per step K", "units": "1"}),
-                "dt_ms": ("substeps", dt, {"long_name": "simulation time step dt = step / K", "units": "ms"}),
+        coords={"model": models, "ticks": ("ticks", ks, {"long_name": "ticks per step K", "units": "1"}),
+                "dt_ms": ("ticks", dt, {"long_name": "simulation time step dt = step / K", "units": "ms"}),
                 "layer": layers},
         attrs={**provenance(), "n_images": ",".join(str(n) for n in sorted(n_images))})
 
@@ -77,7 +77,7 @@ def collect(dirs: dict[str, Path]) -> dict[str, dict[int, xr.Dataset]]:
         out[label] = {}
         for path in sorted(Path(folder).glob("k*/sim.nc")):
             ds = read_dataset(path)
-            out[label][int(ds.attrs["substeps"])] = ds
+            out[label][int(ds.attrs["ticks"])] = ds
         if not out[label]:
             raise FileNotFoundError(f"{folder} holds no k*/sim.nc; simulate with --out {folder}/k{{K}} first.")
     return out

@@ -11,7 +11,7 @@ numpy and PyTorch: ``exact`` mode needs IEEE arithmetic to meet ties at the
 threshold the same way.
 
 brian2cuda (GPL-3.0) is imported only when ``cuda_standalone`` is chosen. On
-this project's machines (DESIGN.md §4) its code needs C++17 with CUDA 13,
+this project's machines (docs/model.md, "Brian2") its code needs C++17 with CUDA 13,
 and curand comes from the ``nvidia-curand`` wheel. Without a GPU the project
 is generated and compiled, then :class:`NoGPUError` says that running it
 needs one.

@@ -47,16 +47,16 @@ SYNAPSES = ("delta", "pulse")
 class Dynamics:
     """Strings and constants of one mode; ``namespace`` holds the shared time signals."""
 
-    def __init__(self, model: dict, steps: int, n_images: int, substeps: int, dt, bio: BiophysicalParams | None,
+    def __init__(self, model: dict, steps: int, n_images: int, ticks: int, dt, bio: BiophysicalParams | None,
                  synapse: str = "delta"):
         if synapse not in SYNAPSES:
             raise ValueError(f"synapse model {synapse!r} is not one of {SYNAPSES}.")
-        self.bio, self.substeps, self.dt, self.synapse = bio, substeps, dt, synapse
-        image = np.zeros(steps * substeps)
+        self.bio, self.ticks, self.dt, self.synapse = bio, ticks, dt, synapse
+        image = np.zeros(steps * ticks)
         image[0] = 1.0
-        late = np.ones(steps * substeps)
-        late[:substeps] = 0.0
-        step = np.zeros(substeps)
+        late = np.ones(steps * ticks)
+        late[:ticks] = 0.0
+        step = np.zeros(ticks)
         step[0] = 1.0
         self.namespace = {"image_start": TimedArray(np.tile(image, n_images), dt=dt),
                           "step_start": TimedArray(np.tile(step, n_images * steps), dt=dt),
@@ -71,10 +71,10 @@ class Dynamics:
             self.v_init = 0.0
         else:
             # exp(-dt/tau_m) = beta**(1/K): the one formula PyTorch's tick model uses (core.equations)
-            decay = equations.tick_decay(model.beta, substeps)
-            ticks = max(1, int(round(float(bio.refractory / dt))))
+            decay = equations.tick_decay(model.beta, ticks)
+            refractory_ticks = max(1, int(round(float(bio.refractory / dt))))
             self.constants = {"v_rest": bio.v_rest, "v_th": bio.v_threshold, "decay": decay,
-                              "gain": (1.0 - decay) * bio.drive, "refractory_ticks": ticks}
+                              "gain": (1.0 - decay) * bio.drive, "refractory_ticks": refractory_ticks}
             self.v_unit, self.decay, self.v = "volt", "decay", "(v - v_rest)"  # the membrane measured from rest
             self.threshold = f"{equations.SPIKES.brian(v='v', theta='v_th')} and wait < 0.5"
             self.reset = f"v = {reset.brian(v='v', theta='(v_th - v_rest)', rest='v_rest')}\nwait = refractory_ticks"
@@ -127,7 +127,7 @@ class Dynamics:
             return {"on_pre": {"up": f"{target}_post += {w}", "down": f"{target}_post -= {w}"},
                     "on_event": {"up": "on", "down": "off"}}
         return {"on_pre": {"up": f"{target}_post += {w}", "down": f"{target}_post -= {w}*late(t)"},
-                "delay": {"down": self.substeps * self.dt}}
+                "delay": {"down": self.ticks * self.dt}}
 
     def relay(self) -> dict:
         """Keyword arguments of the NeuronGroup that ORs a max-pool window."""

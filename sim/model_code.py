@@ -1,4 +1,4 @@
-"""The Brian2 code of one neuron layer, rendered from :mod:`core.equations` (DESIGN.md §4).
+"""The Brian2 code of one neuron layer, rendered from :mod:`core.equations` (docs/model.md, "Brian2").
 
 :func:`layer_code` is the one place where a layer's model string, per-tick
 update, threshold, reset and start-of-tick code are put together;
@@ -43,7 +43,7 @@ class LayerCode(NamedTuple):
                 + block("reset", self.reset))
 
 
-def layer_code(dyn: Dynamics, flex: bool, sigma: str, analog: bool, substeps: int) -> LayerCode:
+def layer_code(dyn: Dynamics, flex: bool, sigma: str, analog: bool, ticks: int) -> LayerCode:
     """The code of a layer whose conv (and pool) path come from synapses, or from the image (``analog``).
 
     Parameters
@@ -56,7 +56,7 @@ def layer_code(dyn: Dynamics, flex: bool, sigma: str, analog: bool, substeps: in
         ``model.mask_sigma`` (:func:`core.equations.mask_sigma`).
     analog
         The first layer under direct encoding: both paths are ``TimedArray`` s ``conv_in`` / ``pool_in``.
-    substeps
+    ticks
         Ticks ``K`` per discrete step (delta synapses: the pathway drives are the tick's charge times ``K``).
     """
     split = dyn.delta and not analog  # delta synapses into a spike-driven layer: held bias, charge jumps
@@ -77,7 +77,7 @@ def layer_code(dyn: Dynamics, flex: bool, sigma: str, analog: bool, substeps: in
         # are rates, the charge of the tick spread over the tick
         jump = equations.MIX.brian(m="m", conv="acc_c", pool="Ip")
         update += (f"{dyn.membrane_split('m*bias', jump)}\n"
-                   f"rsel = bias + {substeps}*acc_c\nrinv = {substeps}*Ip")
+                   f"rsel = bias + {ticks}*acc_c\nrinv = {ticks}*Ip")
     else:
         update += f"{dyn.membrane('(' + equations.MIX.brian(m='m', conv='Ic', pool='Ip') + ')')}\nrsel = Ic\nrinv = Ip"
     return LayerCode(model, update, dyn.threshold, dyn.reset, dyn.start)

@@ -1,4 +1,4 @@
-"""A Brian2 network of LIF neurons built from an export (DESIGN.md §4).
+"""A Brian2 network of LIF neurons built from an export (docs/model.md, "Brian2").
 
 Objects (``L`` = layer name): ``L`` a NeuronGroup per neuron layer (NCHW
 order), ``L_or`` a relay group per max-pool (logical OR of the spikes in a
@@ -68,13 +68,13 @@ class Timing(NamedTuple):
     """How discrete steps map to simulation ticks."""
 
     mode: str  # "exact" | "biophysical"
-    substeps: int  # K ticks per discrete step
+    ticks: int  # K ticks per discrete step
     bio: BiophysicalParams | None  # physical parameters (biophysical mode)
     synapse: str = "delta"  # biophysical mode: "delta" | "pulse" (sim.dynamics)
 
     @property
     def dt(self) -> Quantity:
-        return EXACT_TICK if self.bio is None else self.bio.step / self.substeps
+        return EXACT_TICK if self.bio is None else self.bio.step / self.ticks
 
 
 class SimNetwork(NamedTuple):
@@ -100,7 +100,7 @@ class _Schedule:
 class _Builder:
     def __init__(self, export: Export, n_images: int, timing: Timing):
         self.export, self.timing, self.n_images, self.objects = export, timing, n_images, []
-        self.dyn = Dynamics(export.model, export.steps, n_images, timing.substeps, timing.dt, timing.bio,
+        self.dyn = Dynamics(export.model, export.steps, n_images, timing.ticks, timing.dt, timing.bio,
                             timing.synapse)
         self.relays: set[str] = set()  # names of relay groups (they signal on/off events, not spikes)
         # brian2cuda 1.0a7's synapse code refers to `defaultclock` by name, so the network runs on it;
@@ -149,7 +149,7 @@ class _Builder:
         """Neurons of a conv or flex layer fed by ``source`` spikes, or by analog ``drives`` (first layer)."""
         a, name, flex, dyn = self.export.arrays, layer.name, layer.kind == "flex", self.dyn
         ns = {**dyn.namespace, **dyn.constants}
-        code = layer_code(dyn, flex, self.export.model.mask_sigma, drives is not None, self.timing.substeps)
+        code = layer_code(dyn, flex, self.export.model.mask_sigma, drives is not None, self.timing.ticks)
         group = self.add(NeuronGroup(layer.n_out, code.model, threshold=code.threshold, reset=code.reset,
                                      clock=self.clock, namespace=ns, name=name))
         channel = np.repeat(np.arange(layer.c_out), layer.out_size[0] * layer.out_size[1])
@@ -161,7 +161,7 @@ class _Builder:
             conn = conv_connections(a[f"{name}.weight"], layer.in_size, layer.out_size, layer.stride, layer.padding)
             self.synapses(f"{name}_conv", source, group, conn, "acc_c")
         else:  # analog first layer: both pathways computed from the image (sim.analog)
-            duration = self.export.steps * self.timing.substeps * self.timing.dt
+            duration = self.export.steps * self.timing.ticks * self.timing.dt
             ns["conv_in"] = TimedArray(drives[0], dt=duration)
             if drives[1] is not None:
                 ns["pool_in"] = TimedArray(drives[1], dt=duration)
@@ -182,7 +182,7 @@ class _Builder:
         group.thr = a[f"{name}.threshold"].ravel()
         group.lscale = a[f"{name}.logit_scale"][channel]
         group.lshift = a[f"{name}.logit_shift"][channel]
-        ns["eta"] = TimedArray(np.tile(a[f"{name}.eta"], (self.n_images, 1)), dt=self.timing.substeps * self.timing.dt)
+        ns["eta"] = TimedArray(np.tile(a[f"{name}.eta"], (self.n_images, 1)), dt=self.timing.ticks * self.timing.dt)
 
     def mask_group(self, layer: LayerSpec, group: NeuronGroup, channel: np.ndarray, plasticity: bool) -> StateMonitor:
         """Per-channel plastic bias ``b`` with its pathway drives; returns the monitor of mbar, b, rs, ri.
@@ -193,10 +193,10 @@ class _Builder:
         per-step plasticity_rate and plasticity_decay spread over the ``T K`` ticks of an image.
         """
         name, a, model = layer.name, self.export.arrays, self.export.model
-        ticks = self.export.steps * self.timing.substeps
+        ticks_per_image = self.export.steps * self.timing.ticks
         masks = self.add(NeuronGroup(layer.c_out, mask_unit_model(), clock=self.clock, name=f"{name}_mask",
-                                     namespace={"plasticity_rate_tick": model.plasticity_rate / ticks,
-                                                "plasticity_decay_tick": model.plasticity_decay / ticks}))
+                                     namespace={"plasticity_rate_tick": model.plasticity_rate / ticks_per_image,
+                                                "plasticity_decay_tick": model.plasticity_decay / ticks_per_image}))
         masks.b = a[f"{name}.plastic_bias"]
         group.b = linked_var(masks, "b", index=channel)
         drives = self.add(Synapses(group, masks, "\n".join(f"{v}_post = {e}*inv_npos : 1 (summed)"
@@ -215,7 +215,7 @@ class _Builder:
 
         Replays the export's reference input spikes, or draws new ones (``fresh``) with Brian2's ``rand()``.
         """
-        n, steps, k = len(images), self.export.steps, self.timing.substeps
+        n, steps, k = len(images), self.export.steps, self.timing.ticks
         ns = dict(self.dyn.namespace)
         if fresh:
             ns["p"] = TimedArray(images.reshape(n, -1) / 255.0, dt=steps * k * self.timing.dt)
@@ -236,18 +236,18 @@ class _Builder:
         ``W s[t] + bias``; in biophysical mode it is the time average of the pulses / relay states, or
         (delta synapses) the charge of the spikes divided by ``T``.
         """
-        a, k = self.export.arrays, self.timing.substeps
+        a, k = self.export.arrays, self.timing.ticks
         group = self.add(NeuronGroup(len(a["readout.bias"]), "drive : 1\nacc : 1\nbias : 1 (constant)\n"
                                      "y = bias + acc/steps : 1", clock=self.clock,
                                      namespace={**self.dyn.namespace, "steps": self.export.steps,
-                                                "substeps": float(k)}, name="readout"))
+                                                "ticks": float(k)}, name="readout"))
         group.bias = a["readout.bias"]
         clear = "drive = 0" if self.dyn.impulse else "drive = drive*(1 - image_start(t))"
         group.run_regularly(f"acc = acc*(1 - image_start(t))\n{clear}", when="start")
         weight = a["readout.weight"]
         post, pre = np.nonzero(np.ones_like(weight, dtype=bool))
         self.synapses("readout_in", source, group, Connections(pre, post, weight[post, pre]), "drive")
-        per_tick = "drive" if self.dyn.delta else "drive/substeps"  # a delta input is the charge of the tick
+        per_tick = "drive" if self.dyn.delta else "drive/ticks"  # a delta input is the charge of the tick
         self.schedule(group.run_regularly(f"acc += {per_tick}", when="groups", name="readout_update"))
         return self.add(StateMonitor(group, "y", record=True, when="end", name="readout_monitor"))
 
@@ -265,7 +265,7 @@ def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity
     export
         A validated export (:func:`core.export_format.read_export`).
     images
-        The input images; each is shown for T frames of ``timing.substeps`` ticks.
+        The input images; each is shown for T frames of ``timing.ticks`` ticks.
     timing
         Mode, ticks per step and physical parameters (see :func:`make_timing`).
     plasticity
@@ -289,6 +289,6 @@ def build_network(export: Export, images: np.ndarray, timing: Timing, plasticity
         if monitor is not None:
             masks[layer.name] = monitor
     readout = builder.readout(source)
-    duration = n_images * export.steps * timing.substeps * timing.dt
+    duration = n_images * export.steps * timing.ticks * timing.dt
     network = Network(*builder.objects, name="bioflexnet")
     return SimNetwork(network, duration, spikes, masks, readout)

@@ -105,13 +105,13 @@ def to_dataset(result: SimResult, export: Export, options: SimOptions, keep_spik
     }
     per_layer, layer_coords = _per_layer_arrays(result, export, n, keep_spikes)
     data.update(per_layer)
-    ticks = export.steps * timing.substeps
+    ticks_per_image = export.steps * timing.ticks
     coords = {
         "image": ("image", np.arange(n), {"long_name": "index of the export's reference image "
                                                      "(first N of the CIFAR-10 test split)"}),
         "step": ("step", np.arange(export.steps), {"long_name": "discrete (PyTorch) time step"}),
-        "tick": ("tick", np.arange(ticks), {"long_name": "simulation tick within an image"}),
-        "tick_time": ("tick", np.arange(ticks) * float(timing.dt) * 1e3,
+        "tick": ("tick", np.arange(ticks_per_image), {"long_name": "simulation tick within an image"}),
+        "tick_time": ("tick", np.arange(ticks_per_image) * float(timing.dt) * 1e3,
                       {"long_name": "time since image onset", "units": "ms"}),
         "class": ("class", np.arange(a["readout.bias"].shape[0]), {"long_name": "class index"}),
         "layer": ("layer", [la.name for la in export.neuron_layers], {"long_name": "neuron layer"}),
@@ -135,7 +135,7 @@ def _attrs(result: SimResult, export: Export, options: SimOptions) -> dict:
     timing = result.timing
     attrs.update({
         "mode": options.mode, "device": options.device, "plasticity": str(options.plasticity),
-        "n_images": options.n_images, "substeps": timing.substeps, "dt_ms": float(timing.dt) * 1e3,
+        "n_images": options.n_images, "ticks": timing.ticks, "dt_ms": float(timing.dt) * 1e3,
         "trained_ticks": export.ticks,
         "export_path": str(export.path), "export_format_version": export.header.format_version,
         "source_run_dir": run.run_dir, "variant": str(export.model.variant),

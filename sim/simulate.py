@@ -38,7 +38,7 @@ class SimOptions:
     mode: str = "exact"
     device: str = "runtime"
     plasticity: bool = False
-    substeps: int | None = None  # ticks per discrete step; None: the export's K (exact mode: 1)
+    ticks: int | None = None  # ticks per discrete step; None: the export's K (exact mode: 1)
     synapse: str = "delta"  # biophysical mode: how a spike drives its targets, "delta" | "pulse" (sim.dynamics)
     tau_m_ms: float | None = None  # None: the export's (core.equations.PHYSICS_DEFAULTS)
     v_rest_mv: float | None = None
@@ -68,7 +68,7 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
     """Ticks per step and physical parameters of a mode (raises :class:`SimError` for impossible choices).
 
     The physics defaults to the export's: K ticks per step, tau_m, V_rest, V_th and a refractory period
-    of one step, i.e. the dynamics the network was trained with (``training.ticks``).
+    of one step, i.e. the dynamics the network was trained with (``training.forward``).
     """
     if options.mode not in MODES:
         raise SimError(f"mode {options.mode!r} is not one of {MODES}.")
@@ -76,7 +76,7 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
         raise SimError(f"synapse {options.synapse!r} is not one of {SYNAPSES}.")
     trained = export.ticks
     if options.mode == "exact":
-        physical = {"--substeps": options.substeps not in (None, 1), "--synapse": options.synapse != "delta",
+        physical = {"--ticks": options.ticks not in (None, 1), "--synapse": options.synapse != "delta",
                     "--tau-m-ms": options.tau_m_ms is not None, "--refractory-ms": options.refractory_ms is not None,
                     "--v-rest-mv": options.v_rest_mv is not None,
                     "--v-threshold-mv": options.v_threshold_mv is not None}
@@ -87,22 +87,22 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
         if trained > 1:
             raise SimError(f"this network was trained at {trained} ticks per step (model.ticks={trained}); exact mode "
                            f"simulates the one-tick discrete model, a different dynamical system. Use --mode "
-                           f"biophysical (default --substeps {trained}, the trained resolution).")
+                           f"biophysical (default --ticks {trained}, the trained resolution).")
         return Timing("exact", 1, None)
-    substeps = trained if options.substeps is None else options.substeps
-    if substeps < 1:
-        raise SimError(f"--substeps={substeps} must be >= 1 (ticks per PyTorch step).")
+    ticks = trained if options.ticks is None else options.ticks
+    if ticks < 1:
+        raise SimError(f"--ticks={ticks} must be >= 1 (ticks per PyTorch step).")
     phys = export.physics
     tau_m = phys.tau_m_ms if options.tau_m_ms is None else options.tau_m_ms
     if not tau_m > 0:
         raise SimError(f"--tau-m-ms={tau_m}: the membrane time constant must be positive.")
     step_ms = tau_m * float(np.log(1.0 / export.model.beta)) if 0.0 < export.model.beta < 1.0 else None
     if options.refractory_ms is not None and step_ms is not None:
-        dt_ms, ref = step_ms / substeps, options.refractory_ms
-        ticks = ref / dt_ms
-        if ref < dt_ms * (1 - 1e-9) or abs(ticks - round(ticks)) > 1e-6:
+        dt_ms, ref = step_ms / ticks, options.refractory_ms
+        refractory_ticks = ref / dt_ms
+        if ref < dt_ms * (1 - 1e-9) or abs(refractory_ticks - round(refractory_ticks)) > 1e-6:
             raise SimError(f"--refractory-ms={ref} is not a whole number (>= 1) of ticks of dt = {dt_ms:.6g} ms "
-                           f"(one step = {step_ms:.6g} ms, {substeps} ticks); give e.g. {step_ms:.6g} (one step).")
+                           f"(one step = {step_ms:.6g} ms, {ticks} ticks); give e.g. {step_ms:.6g} (one step).")
     try:
         bio = discrete_to_biophysical(export.model.beta, export.model.theta, tau_m * ms,
                                       (phys.v_rest_mv if options.v_rest_mv is None else options.v_rest_mv) * mV,
@@ -111,7 +111,7 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
                                       None if options.refractory_ms is None else options.refractory_ms * ms)
     except ValueError as exc:
         raise SimError(str(exc)) from exc
-    return Timing("biophysical", substeps, bio, options.synapse)
+    return Timing("biophysical", ticks, bio, options.synapse)
 
 
 def check_options(export: Export, options: SimOptions) -> Timing:
@@ -129,7 +129,7 @@ def check_options(export: Export, options: SimOptions) -> Timing:
 def collect(net: SimNetwork, export: Export, n_images: int, timing: Timing) -> tuple[dict, dict, np.ndarray, dict,
                                                                                     dict]:
     """Monitors -> dense arrays (image-major, then step / tick)."""
-    steps, k = export.steps, timing.substeps
+    steps, k = export.steps, timing.ticks
     dt = float(timing.dt)
     spikes, latency, spike_ticks = {}, {}, {}
     for layer in export.neuron_layers:
@@ -194,16 +194,16 @@ def neuron_model_text(export: Export, options: SimOptions) -> str:
     """
     timing = make_timing(export, options)
     model = export.model
-    dyn = Dynamics(model, export.steps, 1, timing.substeps, timing.dt, timing.bio, timing.synapse)
+    dyn = Dynamics(model, export.steps, 1, timing.ticks, timing.dt, timing.bio, timing.synapse)
     direct = model.encoding == "direct"
     kinds: dict[tuple[str, bool], list[str]] = {}
     for layer in export.neuron_layers:
         kinds.setdefault((layer.kind, direct and layer.name == export.layers[0].name), []).append(layer.name)
-    mode = f"{timing.mode} mode" + ("" if timing.bio is None else f" (K = {timing.substeps}, {timing.synapse} synapses)")
+    mode = f"{timing.mode} mode" + ("" if timing.bio is None else f" (K = {timing.ticks}, {timing.synapse} synapses)")
     parts = [f"# Brian2 neuron code, {mode}, mask_sigma = {model.mask_sigma} (sim.model_code)"]
     for (kind, analog), names in kinds.items():
         source = "the image (TimedArrays conv_in, pool_in; sim.analog)" if analog else "spikes through synapses"
-        code = layer_code(dyn, kind == "flex", model.mask_sigma, analog, timing.substeps)
+        code = layer_code(dyn, kind == "flex", model.mask_sigma, analog, timing.ticks)
         parts.append(f"## {kind} layer{'s' if len(names) > 1 else ''} {', '.join(names)}, driven by {source}\n"
                      + code.text().rstrip())
     if any(kind == "flex" for kind, _ in kinds):
@@ -212,8 +212,8 @@ def neuron_model_text(export: Export, options: SimOptions) -> str:
                      + f"plasticity (every tick, with --plasticity):\n    {plasticity_rule()}\n"
                      f"    in the mask unit's namespace: plasticity_rate_tick = model.plasticity_rate / (T K) = "
                      f"{model.plasticity_rate} / "
-                     f"{export.steps * timing.substeps}, plasticity_decay_tick = model.plasticity_decay / (T K) = "
-                     f"{model.plasticity_decay} / {export.steps * timing.substeps}")
+                     f"{export.steps * timing.ticks}, plasticity_decay_tick = model.plasticity_decay / (T K) = "
+                     f"{model.plasticity_decay} / {export.steps * timing.ticks}")
     on_pre = dyn.drive("acc_c", False)["on_pre"]
     parts.append("## synapses (conv path into acc_c, channel map into acc_p)\n"
                  f"on_pre: {on_pre}")

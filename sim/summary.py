@@ -2,7 +2,7 @@
 
 ``run_summary`` reduces the simulations of one run (``{job: sim.nc Dataset}``) to its class agreement per
 simulation and its exact-mode spike agreement per layer; ``run_convergence`` its biophysical runs to a
-convergence table over ``substeps`` (:mod:`sim.convergence`). Both carry ``variant`` and ``seed`` attrs, so
+convergence table over ``ticks`` (:mod:`sim.convergence`). Both carry ``variant`` and ``seed`` attrs, so
 :func:`core.combine.combine_runs` stacks them like every other per-run result. Torch-free and Brian2-free.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ def run_summary(variant: str, seed: int, sims: dict[str, xr.Dataset]) -> xr.Data
 
 
 def run_convergence(variant: str, seed: int, sims: dict[str, xr.Dataset]) -> xr.Dataset | None:
-    """The biophysical (delta-synapse) runs of one run over ``substeps``; None if it has none."""
-    bio = {int(ds.attrs["substeps"]): ds for name, ds in sims.items() if name.startswith(BIOPHYSICAL_PREFIX)}
+    """The biophysical (delta-synapse) runs of one run over ``ticks``; None if it has none."""
+    bio = {int(ds.attrs["ticks"]): ds for name, ds in sims.items() if name.startswith(BIOPHYSICAL_PREFIX)}
     if not bio:
         return None
     ds = convergence_dataset({str(variant): bio}).isel(model=0, drop=True)
@@ -55,8 +55,8 @@ def summarise(runs: dict[tuple[str, int], dict[str, Path]]) -> tuple[xr.Dataset,
     summary = combine_runs(summaries).assign_attrs(attrs)
     convergence = combine_runs(tables).assign_attrs(attrs) if tables else None
     if convergence is not None and convergence.dt_ms.ndim > 1:  # runs of different step lengths: the mean dt
-        dt = convergence.dt_ms.mean([d for d in convergence.dt_ms.dims if d != "substeps"])
-        convergence = convergence.assign_coords(dt_ms=("substeps", dt.values, convergence.dt_ms.attrs))
+        dt = convergence.dt_ms.mean([d for d in convergence.dt_ms.dims if d != "ticks"])
+        convergence = convergence.assign_coords(dt_ms=("ticks", dt.values, convergence.dt_ms.attrs))
     return summary, convergence
 
 

@@ -12,7 +12,7 @@ def _sim(logits, reference, k):
          "class_agreement": ((), np.mean(logits.argmax(1) == reference.argmax(1))),
          "accuracy": ((), 0.5), "reference_accuracy": ((), 0.5),
          "firing_rate": (("layer",), [0.1]), "reference_firing_rate": (("layer",), [0.1])},
-        coords={"layer": ["conv1"]}, attrs={"n_images": n, "substeps": k, "step_ms": 6.93, "trained_ticks": 4})
+        coords={"layer": ["conv1"]}, attrs={"n_images": n, "ticks": k, "step_ms": 6.93, "trained_ticks": 4})
 
 
 def test_flips_among_uncertain_images_leave_the_confident_agreement_at_one():

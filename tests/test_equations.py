@@ -145,7 +145,7 @@ def test_printed_neuron_model_holds_the_rendered_equations(tmp_path, sigma, mode
     from sim.simulate import SimOptions, neuron_model_text
 
     export = random_export(tmp_path / "e.npz", sigma=sigma, n_images=1)
-    text = neuron_model_text(export, SimOptions(n_images=1, mode=mode, substeps=None if mode == "exact" else 2))
+    text = neuron_model_text(export, SimOptions(n_images=1, mode=mode, ticks=None if mode == "exact" else 2))
     seen = "Ip" if mode == "exact" else "pstep"  # delta synapses: the mask sees the step's pool charge
     logits = equations.LOGITS.brian(scale="lscale", pool=seen, threshold="thr", shift="lshift")
     assert f"z = {equations.MASK_INPUT.brian(logits=logits, eta='eta(t, ch)', b='b')}" in text

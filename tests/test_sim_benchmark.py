@@ -2,7 +2,7 @@
 import pytest
 from export_helpers import random_export
 
-from sim import benchmark
+from bioflexnet import bench_sim as benchmark
 
 
 @pytest.mark.brian

@@ -27,8 +27,8 @@ def test_mapping_refuses_betas_without_a_time_constant(beta):
 
 
 @pytest.mark.brian
-@pytest.mark.parametrize("substeps", [1, 7])
-def test_brian2_integrator_with_mapped_units_reproduces_the_discrete_membrane(substeps, monkeypatch):
+@pytest.mark.parametrize("ticks", [1, 7])
+def test_brian2_integrator_with_mapped_units_reproduces_the_discrete_membrane(ticks, monkeypatch):
     """Brian2's own exact integrator of tau_m dV/dt = V_rest - V + drive*u, sampled at step ends,
     equals the discrete v[t] = beta v[t-1] + u[t] (no threshold), for any dt = step / K."""
     monkeypatch.setitem(prefs, "codegen.target", "numpy")  # no Cython build for a five-step check
@@ -36,7 +36,7 @@ def test_brian2_integrator_with_mapped_units_reproduces_the_discrete_membrane(su
     p = discrete_to_biophysical(beta, theta, tau_m=12 * ms)
     drives = np.array([0.3, 1.1, -0.4, 0.0, 2.0])
     group = NeuronGroup(1, "dv/dt = (v_rest - v + drive*u)/tau_m : volt\nu : 1", method="exact",
-                        namespace={"v_rest": p.v_rest, "drive": p.drive, "tau_m": p.tau_m}, dt=p.step / substeps)
+                        namespace={"v_rest": p.v_rest, "drive": p.drive, "tau_m": p.tau_m}, dt=p.step / ticks)
     group.v = p.v_rest
     monitor = StateMonitor(group, "v", record=0, when="end")
     net = Network(group, monitor)
@@ -46,7 +46,7 @@ def test_brian2_integrator_with_mapped_units_reproduces_the_discrete_membrane(su
         net.run(p.step)
         v = beta * v + u
         expected.append(float(to_voltage(v, p) / mV))
-    np.testing.assert_allclose(np.asarray(monitor.v[0] / mV)[substeps - 1::substeps], expected, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(monitor.v[0] / mV)[ticks - 1::ticks], expected, atol=1e-9)
 
 
 @pytest.mark.brian
@@ -55,7 +55,7 @@ def test_brian2_integrator_with_mapped_units_reproduces_the_discrete_membrane(su
 def test_biophysical_mode_at_one_tick_per_step_equals_exact_mode(tmp_path, flex, synapse):
     """Also the baseline, whose max-pool relays drive the next conv layer and the read-out."""
     export = random_export(tmp_path / "e.npz", flex=flex, n_images=3, beta=0.6)
-    result = simulate(export, SimOptions(n_images=3, mode="biophysical", substeps=1, synapse=synapse))
+    result = simulate(export, SimOptions(n_images=3, mode="biophysical", ticks=1, synapse=synapse))
     for layer in export.neuron_layers:
         # the membrane update is written in another operation order (and pulses are switched on and
         # off by adding and subtracting weights): ties at the threshold may differ
@@ -69,7 +69,7 @@ def test_online_plasticity_at_one_tick_per_step_follows_exact_mode(tmp_path, syn
     """The pathway drives of both synapse models are the discrete drives when a step is one tick."""
     export = random_export(tmp_path / "e.npz", n_images=3, beta=0.6, plasticity_rate=0.5)
     exact = simulate(export, SimOptions(n_images=3, plasticity=True))
-    bio = simulate(export, SimOptions(n_images=3, mode="biophysical", substeps=1, synapse=synapse, plasticity=True))
+    bio = simulate(export, SimOptions(n_images=3, mode="biophysical", ticks=1, synapse=synapse, plasticity=True))
     for layer, traces in exact.masks.items():
         assert np.abs(traces["b"][-1, -1] - traces["b"][0, 0]).max() > 1e-3  # the rule did move the bias
         for var in ("b", "rs", "ri", "mbar"):
@@ -81,8 +81,8 @@ def test_online_plasticity_at_one_tick_per_step_follows_exact_mode(tmp_path, syn
 @pytest.mark.parametrize("flex", [True, False])
 def test_finer_dt_keeps_the_analog_layer_and_resolves_spike_times(tmp_path, flex, synapse):
     export = random_export(tmp_path / "e.npz", flex=flex, n_images=2, beta=0.6)
-    coarse = simulate(export, SimOptions(n_images=2, mode="biophysical", substeps=1, synapse=synapse))
-    fine = simulate(export, SimOptions(n_images=2, mode="biophysical", substeps=5, synapse=synapse))
+    coarse = simulate(export, SimOptions(n_images=2, mode="biophysical", ticks=1, synapse=synapse))
+    fine = simulate(export, SimOptions(n_images=2, mode="biophysical", ticks=5, synapse=synapse))
     # from rest, a constant drive u crosses threshold within the first step iff u >= theta, at any dt;
     # later steps differ: a spike's reset now happens mid-step and decays before the step ends
     np.testing.assert_array_equal(fine.spikes["conv1"][:, 0], export.reference_spikes("conv1")[:, 0])
@@ -116,7 +116,7 @@ def test_each_spike_drives_its_targets_for_exactly_one_step(tmp_path, monkeypatc
     export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
     k, steps, n = 3, export.steps, 2
     with device_session("runtime"):
-        timing = make_timing(export, SimOptions(n_images=n, mode="biophysical", substeps=k, synapse="pulse"))
+        timing = make_timing(export, SimOptions(n_images=n, mode="biophysical", ticks=k, synapse="pulse"))
         net = network.build_network(export, export.arrays["ref.images"][:n], timing)
         monitor = StateMonitor(net.network["down1"], "acc_c", record=True, when="end")
         net.network.add(monitor)
@@ -151,7 +151,7 @@ def test_delta_synapses_deliver_each_spike_in_its_own_tick_and_relays_fire_once_
     export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
     k, steps, n = 4, export.steps, 2
     with device_session("runtime"):
-        timing = make_timing(export, SimOptions(n_images=n, mode="biophysical", substeps=k))
+        timing = make_timing(export, SimOptions(n_images=n, mode="biophysical", ticks=k))
         assert timing.synapse == "delta"  # the default
         net = network.build_network(export, export.arrays["ref.images"][:n], timing)
         acc_monitor = StateMonitor(net.network["down1"], "acc_c", record=True, when="end")

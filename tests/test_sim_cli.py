@@ -39,8 +39,8 @@ def test_export_then_sim_reproduces_the_trained_smoke_model(smoke_run, cifar_dir
 
 @pytest.mark.parametrize("argv, message", [
     (["--images", "500"], "holds 12 reference images"),
-    (["--images", "4", "--mode", "biophysical", "--substeps", "0"], "substeps=0 must be >= 1"),
-    (["--images", "4", "--substeps", "3"], "exact mode runs one tick per PyTorch step"),
+    (["--images", "4", "--mode", "biophysical", "--ticks", "0"], "ticks=0 must be >= 1"),
+    (["--images", "4", "--ticks", "3"], "exact mode runs one tick per PyTorch step"),
 ])
 def test_bad_sim_options_exit_2_without_writing(smoke_run, capsys, tmp_path, argv, message):
     if not (smoke_run / "export.npz").exists():
@@ -89,4 +89,4 @@ def test_the_plans_simulations_and_their_summary(smoke_run, cifar_dir, tmp_path,
     assert read_dataset(run / "sim" / "biophysical_k4" / "sim.nc").attrs["synapse"] == "delta"
     assert read_dataset(run / "sim" / "biophysical_pulse_k4" / "sim.nc").attrs["synapse"] == "pulse"
     conv = read_dataset(root / "convergence.nc")
-    assert conv.class_agreement.dims == ("variant", "seed", "substeps") and list(conv.substeps.values) == [1, 4]
+    assert conv.class_agreement.dims == ("variant", "seed", "ticks") and list(conv.ticks.values) == [1, 4]

@@ -41,7 +41,7 @@ def test_cpp_standalone_equals_runtime(tmp_path):
 @pytest.mark.parametrize("synapse", ["delta", "pulse"])
 def test_cpp_standalone_equals_runtime_in_biophysical_mode(tmp_path, synapse):
     export = random_export(tmp_path / "e.npz", n_images=2, beta=0.6)
-    options = SimOptions(n_images=2, mode="biophysical", substeps=3, plasticity=True, synapse=synapse)
+    options = SimOptions(n_images=2, mode="biophysical", ticks=3, plasticity=True, synapse=synapse)
     cpp = dataclasses.replace(options, device="cpp_standalone", build_dir=tmp_path / "cpp")
     _assert_same(simulate(export, options), simulate(export, cpp))
 
@@ -59,8 +59,8 @@ def test_device_errors_name_the_remedy(monkeypatch):
 @needs_cuda_build
 @pytest.mark.parametrize("options", [
     SimOptions(n_images=1, plasticity=True),
-    SimOptions(n_images=1, mode="biophysical", substeps=2, plasticity=True),
-    SimOptions(n_images=1, mode="biophysical", substeps=2, synapse="pulse"),
+    SimOptions(n_images=1, mode="biophysical", ticks=2, plasticity=True),
+    SimOptions(n_images=1, mode="biophysical", ticks=2, synapse="pulse"),
 ], ids=["exact", "biophysical-delta", "biophysical-pulse"])
 def test_cuda_standalone_generates_code(tmp_path, options):
     """brian2cuda accepts every construct of the network (seconds: generation only, no nvcc run)."""

@@ -53,7 +53,7 @@ def test_dataset_reports_perfect_fidelity(tmp_path):
 
 @pytest.mark.parametrize("options, match", [
     (SimOptions(n_images=5), "holds 2 reference images"),
-    (SimOptions(n_images=1, substeps=4), "exact mode runs one tick"),
+    (SimOptions(n_images=1, ticks=4), "exact mode runs one tick"),
     (SimOptions(n_images=1, mode="dream"), "not one of"),
     (SimOptions(n_images=1, mode="biophysical", synapse="alpha"), "synapse 'alpha' is not one of"),
     (SimOptions(n_images=1, device="fpga"), "not one of"),

@@ -109,14 +109,14 @@ def test_model_at_k_ticks_equals_the_float64_reference_of_its_export(tmp_path, f
 @pytest.mark.parametrize("encoding", ["direct", "poisson"])
 @pytest.mark.parametrize("flex", [True, False])
 def test_biophysical_mode_at_the_trained_k_agrees_spike_for_spike(tmp_path, flex, encoding):
-    """Brian2 at --substeps K (the export's default) reproduces the tick of every spike and the logits."""
+    """Brian2 at --ticks K (the export's default) reproduces the tick of every spike and the logits."""
     from sim.simulate import SimOptions, simulate
 
     k = 4
     export = random_export(tmp_path / "e.npz", flex=flex, n_images=3, beta=0.6, ticks=k, encoding=encoding)
     ref = reference_forward(export, export.arrays["ref.images"])
     result = simulate(export, SimOptions(n_images=3, mode="biophysical"))
-    assert result.timing.substeps == k
+    assert result.timing.ticks == k
     for layer in export.neuron_layers:
         assert result.spikes[layer.name].any()
         np.testing.assert_array_equal(result.spikes[layer.name], export.reference_spikes(layer.name))
@@ -137,5 +137,5 @@ def test_sim_refuses_what_does_not_fit_the_trained_dynamics(tmp_path):
         make_timing(export, SimOptions(n_images=1, mode="biophysical", refractory_ms=0.1))
     with pytest.raises(SimError, match="must be positive"):
         make_timing(export, SimOptions(n_images=1, mode="biophysical", tau_m_ms=-1.0))
-    timing = make_timing(export, SimOptions(n_images=1, mode="biophysical", substeps=8))
-    assert timing.substeps == 8 and float(timing.bio.refractory / timing.dt) == pytest.approx(8)
+    timing = make_timing(export, SimOptions(n_images=1, mode="biophysical", ticks=8))
+    assert timing.ticks == 8 and float(timing.bio.refractory / timing.dt) == pytest.approx(8)

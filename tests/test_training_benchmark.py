@@ -2,7 +2,7 @@
 import json
 
 from core.config import Downsample
-from training import benchmark
+from bioflexnet import bench_training as benchmark
 
 
 def _downsampling(model) -> set[str]:

@@ -13,7 +13,7 @@ equal to one process with the whole batch:
   ranks (a differentiable all-reduce of per-channel sums, so the backward is
   the global batch's too) and keeps the running statistics equal;
 * plasticity: each flex layer's pathway drives ``r_sel``/``r_inv`` are
-  averaged over ranks (:func:`all_reduce_drives`) before the Hebbian step.
+  averaged over ranks (:func:`all_reduce_moments`) before the Hebbian step.
 
 Rank 0 writes the run directory; every rank evaluates the full validation
 split (the replicas are equal, so they agree). Poisson input encoding draws
@@ -139,19 +139,19 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def all_reduce_drives(out, info: DistInfo):
+def all_reduce_moments(out, info: DistInfo):
     """``out`` (a ModelOutput) with the flex layers' drive moments averaged over ranks, in one all-reduce.
 
     The moments are means over each rank's equal share of the batch, so their average is the global batch's:
     the drives, computed from them afterwards, equal a single process's exactly (up to summation order).
     """
-    if info.world <= 1 or not out.drives:
+    if info.world <= 1 or not out.moments:
         return out
-    flat = torch.cat([m.reshape(-1) for _, m in out.drives])
+    flat = torch.cat([m.reshape(-1) for _, m in out.moments])
     dist.all_reduce(flat)
     flat /= info.world
-    parts = iter(flat.split([m.numel() for _, m in out.drives]))
-    return out._replace(drives=tuple((name, next(parts).view_as(m)) for name, m in out.drives))
+    parts = iter(flat.split([m.numel() for _, m in out.moments]))
+    return out._replace(moments=tuple((name, next(parts).view_as(m)) for name, m in out.moments))
 
 
 class RunModule(nn.Module):

@@ -5,7 +5,7 @@ reference (folded parameters: :func:`training.export.reference_forward`) and eve
 code; they differ only in the parameters they hand it (docs/model.md, "One forward pass").
 
 Time. A presentation is ``T`` steps of ``K`` ticks (``K = model.ticks``; Brian2's ``--mode biophysical
---substeps K`` with delta synapses simulates exactly this). ``K = 1`` is the discrete model. A signal between
+--ticks K`` with delta synapses simulates exactly this). ``K = 1`` is the discrete model. A signal between
 stages is either *analog* (the normalised image under direct encoding, ReLU outputs, the current of a stage
 without neurons): ``[T', B, ...]`` per step with ``T'`` = 1 (constant) or ``T``, held over each step; or
 *spikes*: ``[T·K, B, ...]`` per tick.

@@ -58,17 +58,19 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def ticks_at(step: int, total_steps: int, tick_steps: int, ticks: int) -> int:
-    """Time resolution of optimisation step ``step``: ``ticks`` for the last ``tick_steps`` steps (all if 0), else 1."""
-    return ticks if tick_steps == 0 or step >= total_steps - tick_steps else 1
+def ticks_at(step: int, total_steps: int, fine_updates: int, ticks: int) -> int:
+    """Time resolution of optimiser update ``step``: ``ticks`` for the last ``fine_updates`` updates (all if 0),
+    else 1."""
+    return ticks if fine_updates == 0 or step >= total_steps - fine_updates else 1
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def layer_stats(out: ModelOutput) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-layer sums (not means) of activity and mask share, for accumulating over batches."""
+def batch_layer_means(out: ModelOutput) -> tuple[dict[str, float], dict[str, float]]:
+    """Per layer, the batch's mean activity (fraction of neurons and steps with a spike, or ReLU > 0) and mean
+    mask share m (flex layers)."""
     rates = {t.name: (t.output > 0).float().mean().item() for t in out.layers}
     ratios = {t.name: t.mask.mean().item() for t in out.layers if t.mask is not None}
     return rates, ratios
@@ -86,7 +88,7 @@ def evaluate(model: SpikingVGG, split: cifar.Split, batch_size: int, ticks: int 
         out = model.run(x, ticks=ticks)
         loss_sum += F.cross_entropy(out.logits, y, reduction="sum").item()
         correct += (out.logits.argmax(1) == y).sum().item()
-        rates, ratios = layer_stats(out)
+        rates, ratios = batch_layer_means(out)
         for k, v in rates.items():
             rate_sum[k] = rate_sum.get(k, 0.0) + v * len(y)
         for k, v in ratios.items():
@@ -118,6 +120,38 @@ class Trainer:
 
     def _run(self, resume: bool, ranks: distributed.DistInfo, device: str) -> xr.Dataset:
         cfg, tc, run_dir = self.cfg, self.cfg.train, Path(self.run_dir)
+        s = self._setup(ranks, device)
+        history: list[dict[str, Any]] = []
+        start_epoch, test = 0, None
+        if resume:
+            start_epoch, history, test = self._restore(s.model, s.opt)
+        elif ranks.main:
+            self._start(run_dir)
+        if not resume and tc.init_from:  # every rank, before DDP wraps the model
+            self._init_from(s.model, Path(tc.init_from))
+        distributed.barrier(ranks)
+        forward = distributed.wrap(s.model, ranks, device)
+        prov = provenance(cfg.to_dict(), cfg.seed)
+        for epoch in range(start_epoch, tc.epochs):
+            t0 = time.perf_counter()
+            stats = self._train_epoch(s, forward, epoch, ranks, device)
+            train_time, t1 = time.perf_counter() - t0, time.perf_counter()
+            val = evaluate(s.model, s.val, tc.eval_batch_size, ticks=stats.ticks)
+            history.append({"epoch": epoch + 1, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                            "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": stats.lr,
+                            "train_time": train_time, "eval_time": time.perf_counter() - t1,
+                            "firing_rate": val.firing_rate, "conv_ratio": val.conv_ratio})
+            if epoch + 1 == tc.epochs:  # the test split, once, after the last epoch
+                res = evaluate(s.model, cifar.load_split("test", self.data_dir, device), tc.eval_batch_size)
+                test = {"test_loss": res.loss, "test_accuracy": res.accuracy}
+            if ranks.main:
+                self._save_epoch(s, history, test, prov)
+            distributed.barrier(ranks)
+        return metrics_dataset(history, s.model.names_with_neurons(), cfg, prov, test, parameter_count(s.model))
+
+    def _setup(self, ranks: distributed.DistInfo, device: str) -> "_Setup":
+        """Splits, model (initialised from the seed), optimiser and schedule; every size checked."""
+        cfg, tc = self.cfg, self.cfg.train
         if tc.batch_size % ranks.world:
             raise ConfigError(f"train.batch_size={tc.batch_size} (the global batch) does not divide among "
                               f"{ranks.world} processes; choose a multiple of {ranks.world}.")
@@ -138,87 +172,54 @@ class Trainer:
         steps_per_epoch = len(train_split) // tc.batch_size
         if steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(train_split)} training "
-                             "examples; lower the batch size or raise train.train_subset.")
-        total_steps, warmup = steps_per_epoch * tc.epochs, round(steps_per_epoch * tc.warmup_epochs)
-        history: list[dict[str, Any]] = []
-        start_epoch, test = 0, None
-        if resume:
-            start_epoch, history, test = self._restore(model, opt)
-        elif ranks.main:
-            self._start(run_dir)
-        if not resume and tc.init_from:  # every rank, before DDP wraps the model
-            self._init_from(model, Path(tc.init_from))
-        distributed.barrier(ranks)
-        forward = distributed.wrap(model, ranks, device)
+                              "examples; lower the batch size or raise train.train_subset.")
+        return _Setup(model, opt, train_split, val_split, steps_per_epoch, steps_per_epoch * tc.epochs,
+                      round(steps_per_epoch * tc.warmup_epochs))
+
+    def _train_epoch(self, s: "_Setup", forward, epoch: int, ranks: distributed.DistInfo,
+                     device: str) -> "_EpochStats":
+        """One epoch of SGD steps, each followed by the Hebbian step of the flex masks."""
+        cfg, tc = self.cfg, self.cfg.train
+        gen = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # Poisson encoding draws
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.bf16)
-        prov = provenance(cfg.to_dict(), cfg.seed)
-        for epoch in range(start_epoch, tc.epochs):
-            gen = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch))
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))  # Poisson encoding draws
-            model.train()
-            t0 = time.perf_counter()
-            # on the device, read every log_every steps: the step itself never waits for the device
-            step_loss = torch.zeros(steps_per_epoch, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            checked, seen, loss_sum, n_correct = 0, 0, 0.0, 0
-            last_line = t0
-            bar = tqdm(cifar.batches(train_split, tc.batch_size, generator=gen, train=True, augmented=tc.augment), total=steps_per_epoch,
-                       desc=f"{cfg.variant} epoch {epoch + 1}/{tc.epochs}", disable=_bar_disabled(self.progress) if ranks.main else True,
-                       leave=False)
-            for i, (x, y) in enumerate(bar):
-                x, y = distributed.shard(x, ranks), distributed.shard(y, ranks)  # this rank's share
-                if tc.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                step = epoch * steps_per_epoch + i
-                lr = lr_at(step, total_steps, warmup, tc.lr)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                with autocast:
-                    out = forward(x, ticks=ticks_at(step, total_steps, tc.tick_steps, cfg.model.ticks))
-                    loss = F.cross_entropy(out.logits.float(), y, label_smoothing=tc.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                model.apply_plasticity(distributed.all_reduce_drives(out, ranks))
-                step_loss[i] = loss.detach()
-                correct += (out.logits.argmax(1) == y).sum()
-                seen += len(y) * ranks.world
-                if (i + 1) % tc.log_every == 0 or i + 1 == steps_per_epoch:
-                    loss_sum, n_correct = self._check(step_loss, correct, checked, i + 1, epoch, ranks, tc.batch_size)
-                    checked = i + 1
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{n_correct / seen:.3f}")
-                    if bar.disable and ranks.main and self.progress is not False and \
-                            time.perf_counter() - last_line >= PROGRESS_LINE_S and i + 1 < steps_per_epoch:
-                        # no bar (a pipe, a log file, the reproduce workflow): a line now and then instead
-                        last_line = time.perf_counter()
-                        print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: step {i + 1}/"
-                              f"{steps_per_epoch}, train loss {loss_sum / seen:.4f} acc {n_correct / seen:.4f}, "
-                              f"{last_line - t0:.0f}s", flush=True)
-            train_time = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            val = evaluate(model, val_split, tc.eval_batch_size,
-                           ticks=ticks_at(step, total_steps, tc.tick_steps, cfg.model.ticks))
-            history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": n_correct / seen,
-                            "val_loss": val.loss, "val_accuracy": val.accuracy, "lr": lr,
-                            "train_time": train_time, "eval_time": time.perf_counter() - t1,
-                            "firing_rate": val.firing_rate, "conv_ratio": val.conv_ratio})
-            if epoch + 1 == tc.epochs:  # the test split, once, after the last epoch
-                res = evaluate(model, cifar.load_split("test", self.data_dir, device), tc.eval_batch_size)
-                test = {"test_loss": res.loss, "test_accuracy": res.accuracy}
-            metrics = metrics_dataset(history, model.names_with_neurons(), cfg, prov, test, parameter_count(model))
-            if ranks.main:
-                save_checkpoint(run_dir, {"config": cfg.to_dict(), "model": model.state_dict(),
-                                          "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
-                                          "test": test, "provenance": prov})
-                write_dataset(metrics, run_dir / METRICS)
-                print(f"{cfg.variant} seed {cfg.seed} epoch {epoch + 1}/{tc.epochs}: train loss {loss_sum / seen:.4f} "
-                      f"acc {n_correct / seen:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f} "
-                      f"| {train_time:.1f}s train", flush=True)
-                if test is not None:
-                    print(f"{cfg.variant} seed {cfg.seed}: test accuracy {test['test_accuracy']:.4f} (full test "
-                          "split, evaluated once)", flush=True)
-            distributed.barrier(ranks)
-        return metrics_dataset(history, model.names_with_neurons(), cfg, prov, test, parameter_count(model))
+        s.model.train()
+        log = _EpochLog(self, epoch, s.steps_per_epoch, ranks, device)
+        batches = cifar.batches(s.train, tc.batch_size, generator=gen, train=True, augmented=tc.augment)
+        for i, (x, y) in enumerate(log.bar(batches)):
+            x, y = distributed.shard(x, ranks), distributed.shard(y, ranks)  # this rank's share
+            if tc.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            step = epoch * s.steps_per_epoch + i
+            lr = lr_at(step, s.total_steps, s.warmup_steps, tc.lr)
+            for group in s.opt.param_groups:
+                group["lr"] = lr
+            ticks = ticks_at(step, s.total_steps, tc.fine_updates, cfg.model.ticks)
+            with autocast:
+                out = forward(x, ticks=ticks)
+                loss = F.cross_entropy(out.logits.float(), y, label_smoothing=tc.label_smoothing)
+            s.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            s.opt.step()
+            s.model.apply_plasticity(distributed.all_reduce_moments(out, ranks))
+            log.step(i, loss, out.logits, y)
+        return _EpochStats(*log.totals(), lr, ticks)
+
+    def _save_epoch(self, s: "_Setup", history: list[dict[str, Any]], test: dict[str, float] | None,
+                    prov: dict[str, str]) -> None:
+        """Checkpoint and metrics.nc after an epoch (atomically), and the epoch's line."""
+        cfg, run_dir, h = self.cfg, Path(self.run_dir), history[-1]
+        save_checkpoint(run_dir, {"config": cfg.to_dict(), "model": s.model.state_dict(),
+                                  "optimizer": s.opt.state_dict(), "epoch": h["epoch"], "history": history,
+                                  "test": test, "provenance": prov})
+        write_dataset(metrics_dataset(history, s.model.names_with_neurons(), cfg, prov, test,
+                                      parameter_count(s.model)), run_dir / METRICS)
+        print(f"{cfg.variant} seed {cfg.seed} epoch {h['epoch']}/{cfg.train.epochs}: train loss {h['train_loss']:.4f} "
+              f"acc {h['train_accuracy']:.4f} | val loss {h['val_loss']:.4f} acc {h['val_accuracy']:.4f} "
+              f"| {h['train_time']:.1f}s train", flush=True)
+        if test is not None:
+            print(f"{cfg.variant} seed {cfg.seed}: test accuracy {test['test_accuracy']:.4f} (full test "
+                  "split, evaluated once)", flush=True)
 
     def _check(self, step_loss: torch.Tensor, correct: torch.Tensor, checked: int, done: int, epoch: int,
                ranks: distributed.DistInfo, batch_size: int) -> tuple[float, int]:
@@ -275,6 +276,65 @@ class Trainer:
             print(f"{self.run_dir}: all {self.cfg.train.epochs} epochs are done; nothing to resume "
                   f"({METRICS} rewritten from the checkpoint).", flush=True)
         return state["epoch"], list(state["history"]), state.get("test")
+
+
+class _Setup(NamedTuple):
+    model: SpikingVGG
+    opt: torch.optim.Optimizer
+    train: cifar.Split
+    val: cifar.Split
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+class _EpochStats(NamedTuple):
+    loss: float  # mean training loss over the epoch's examples
+    accuracy: float
+    lr: float  # at the epoch's last update
+    ticks: int  # the time resolution of the epoch's last update (validation runs at it)
+
+
+class _EpochLog:
+    """The epoch's loss and accuracy, accumulated on the device and read (with the finiteness check) every
+    ``train.log_every`` steps, so the step itself never waits for the device; a progress bar on a terminal,
+    otherwise a line every PROGRESS_LINE_S seconds."""
+
+    def __init__(self, trainer: Trainer, epoch: int, steps: int, ranks: distributed.DistInfo, device: str):
+        self.trainer, self.epoch, self.steps, self.ranks = trainer, epoch, steps, ranks
+        self.step_loss = torch.zeros(steps, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.checked, self.seen, self.loss_sum, self.n_correct = 0, 0, 0.0, 0
+        self.t0 = self.last_line = time.perf_counter()
+        self._bar = None
+
+    def bar(self, batches):
+        cfg = self.trainer.cfg
+        self._bar = tqdm(batches, total=self.steps, desc=f"{cfg.variant} epoch {self.epoch + 1}/{cfg.train.epochs}",
+                         disable=_bar_disabled(self.trainer.progress) if self.ranks.main else True, leave=False)
+        return self._bar
+
+    def step(self, i: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        cfg = self.trainer.cfg
+        self.step_loss[i] = loss.detach()
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y) * self.ranks.world
+        if (i + 1) % cfg.train.log_every and i + 1 != self.steps:
+            return
+        self.loss_sum, self.n_correct = self.trainer._check(self.step_loss, self.correct, self.checked, i + 1,
+                                                            self.epoch, self.ranks, cfg.train.batch_size)
+        self.checked = i + 1
+        loss_mean, acc = self.loss_sum / self.seen, self.n_correct / self.seen
+        self._bar.set_postfix(loss=f"{loss_mean:.3f}", acc=f"{acc:.3f}")
+        if self._bar.disable and self.ranks.main and self.trainer.progress is not False and \
+                time.perf_counter() - self.last_line >= PROGRESS_LINE_S and i + 1 < self.steps:
+            # no bar (a pipe, a log file, the reproduce workflow): a line now and then instead
+            self.last_line = time.perf_counter()
+            print(f"{cfg.variant} seed {cfg.seed} epoch {self.epoch + 1}/{cfg.train.epochs}: step {i + 1}/"
+                  f"{self.steps}, train loss {loss_mean:.4f} acc {acc:.4f}, {self.last_line - self.t0:.0f}s", flush=True)
+
+    def totals(self) -> tuple[float, float]:
+        return self.loss_sum / self.seen, self.n_correct / self.seen
 
 
 def _diverged_message(loss: float, epoch: int, i: int, step: int, run_dir: Path) -> str:

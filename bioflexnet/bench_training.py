@@ -1,4 +1,4 @@
-"""Training-step benchmarks, side by side: ``python -m training.benchmark`` (``make bench``).
+"""Training-step benchmarks, side by side: ``python -m bioflexnet.bench_training`` (``make bench``).
 
 Every comparison runs its contenders in interleaved rounds (one step of each
 in turn, so a busy machine slows all alike) and reports the median step time
@@ -16,7 +16,7 @@ and the ratio of medians. One thread per process unless ``--threads``.
   2x2 stride-2 conv + BN + LIF down-sampling stages), the same flex step with the
   reference ops (``fused = False``) for what the fused ops buy, and the classic VGG
   (2x2 max-pool, ``vggmp``) beside both.
-* **time resolution**: a flex-stbp and a vgg-stbp step at ``model.ticks = 4`` (DESIGN.md §6) against
+* **time resolution**: a flex-stbp and a vgg-stbp step at ``model.ticks = 4`` (docs/model.md, "Time") against
   one tick per step.
 * **stbp vs T x ann** for the VGG baseline.
 * **peak memory**: the peak resident set during two training steps above the
@@ -55,7 +55,7 @@ def _set_fused(model: nn.Module, on: bool) -> nn.Module:
 
 def bioflexnet_model(mode: str, flex: bool, steps: int, width: float, arch: str = "vgg5",
                      fused: bool = True, downsample: str = "conv", ticks: int = 1) -> nn.Module:
-    """A BioFlexNet model; ``flex=False`` with ``downsample="conv"`` is FLEX's twin baseline (DESIGN.md),
+    """A BioFlexNet model; ``flex=False`` with ``downsample="conv"`` is FLEX's twin baseline (docs/model.md),
     ``downsample="maxpool"`` the classic VGG (2x2 max-pool), the net the peers implement."""
     cfg = ModelConfig(arch=Arch(arch), width=width, mode=Mode(mode), time_steps=steps, flex=flex,
                       beta=BETA, theta=THETA, downsample=Downsample(downsample), ticks=ticks)
@@ -199,7 +199,7 @@ def peak_rise_mb(fn: Callable[[], None]) -> float:
 def peak_memory_mb(name: str, args) -> float:
     """Peak memory of two steps of ``name`` above the process's memory before them, in a fresh process."""
     code = (f"import torch; torch.set_num_threads({args.threads}); import argparse;"
-            "from training import benchmark as b;"
+            "from bioflexnet import bench_training as b;"
             f"a = argparse.Namespace(peer_steps={args.peer_steps}, width={args.width}, steps={args.steps}, arch={args.arch!r});"
             f"m = b._builders(a)[{name!r}](); s = b.make_step(m, {args.batch});"
             "print(b.peak_rise_mb(lambda: (s(), s())))")
@@ -246,7 +246,7 @@ def report(times: dict[str, list[float]], memory: dict[str, float], args, notes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bioflexnet.bench_training", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--arch", choices=[a.value for a in Arch], default=Arch.VGG5.value,

@@ -1,6 +1,6 @@
 """Wall time of one simulation on several Brian2 devices, measured side by side.
 
-    python -m sim.benchmark RUNS/quick/flex-stbp/seed0 --images 50 --repeats 3
+    python -m bioflexnet.bench_sim RUNS/quick/flex-stbp/seed0 --images 50 --repeats 3
 
 Every repeat runs the same export on every device in turn (interleaved, so a
 busy machine slows all of them alike) and the table reports medians over the
@@ -91,7 +91,7 @@ def table(times: dict, n_images: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="_get_vc_env is private", category=UserWarning)
-    p = argparse.ArgumentParser(prog="python -m sim.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bioflexnet.bench_sim", description=__doc__.split("\n\n")[0])
     p.add_argument("export", type=Path, help="RUN_DIR holding export.npz, or the .npz file")
     p.add_argument("--devices", nargs="+", default=["runtime", "cpp_standalone"],
                    choices=["runtime", "cpp_standalone", "cuda_standalone"])
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mode", choices=MODES, default=None,
                    help="default: the trained dynamics (exact at K = 1, biophysical at the export's K)")
-    p.add_argument("--substeps", type=int, default=None, help="ticks per step (default: the export's K)")
+    p.add_argument("--ticks", type=int, default=None, help="ticks per step (default: the export's K)")
     p.add_argument("--build-root", type=Path, default=None,
                    help="standalone build directories (default: a cache keyed by the export and options, reused "
                         "across invocations; see build_cache)")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.export / "export.npz" if args.export.is_dir() else args.export
     export = read_export(path)
     mode = args.mode or ("exact" if export.ticks == 1 else "biophysical")
-    options = SimOptions(n_images=args.images, mode=mode, substeps=args.substeps)
+    options = SimOptions(n_images=args.images, mode=mode, ticks=args.ticks)
     with tempfile.TemporaryDirectory(prefix="bioflexnet-bench-") as tmp:
         root = Path(tmp) if args.fresh else (args.build_root or build_cache(path, options))
         print(f"standalone builds in {root}" + ("" if args.fresh else " (reused across invocations)"))
