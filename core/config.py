@@ -53,6 +53,13 @@ class Reset(str, enum.Enum):
     ZERO = "zero"  # v <- 0 after a spike
 
 
+class Refractory(str, enum.Enum):
+    """How long a neuron stays silent after a spike (docs/model.md, "Neuron")."""
+
+    STEP = "step"  # one step (K ticks): at most one spike per step, as the discrete model
+    NONE = "none"  # no refractory period: a neuron may fire in consecutive ticks
+
+
 class Surrogate(str, enum.Enum):
     ATAN = "atan"
     SIGMOID = "sigmoid"
@@ -110,6 +117,10 @@ class ModelConfig:
     (m = 1), ``plasticity_rate=0`` (no plasticity); ``downsample=maxpool`` with
     ``flex=False`` is the classic max-pool VGG (no neurons on its pools).
 
+    Neuron (docs/model.md, "Neuron"): ``refractory=step`` keeps a neuron silent for one step (K ticks) after a
+    spike, as the discrete model, which fires at most once per step; ``none`` lets it fire in consecutive ticks
+    (a fidelity lever: the count of spikes then follows the charge, not its timing within a step).
+
     Plasticity (:mod:`core.equations`): after each step
     ``b <- (1 - plasticity_decay) b + plasticity_rate (r_sel - r_inv)``; the
     drives lie in [0, 1], so ``|b| <= plasticity_rate / plasticity_decay``.
@@ -124,6 +135,7 @@ class ModelConfig:
     beta: float = 0.5
     theta: float = 1.0
     reset: Reset = Reset.SUBTRACT
+    refractory: Refractory = Refractory.STEP  # only matters at ticks > 1 (a one-tick period is none)
     surrogate: Surrogate = Surrogate.ATAN
     surrogate_alpha: float = 2.0
     hybrid_surrogate: Surrogate = Surrogate.RECTANGLE

@@ -54,6 +54,7 @@ FORMAT_NAME = "bioflexnet-export"
 FORMAT_VERSION = 2  # 2: scale-free pathway drives and model.plasticity_decay (bounded plasticity rule)
 KINDS = ("flex", "conv", "pool")
 RESETS = ("subtract", "zero")
+REFRACTORY = ("step", "none")
 SIGMAS = tuple(equations.SIGMAS)  # ("hard", "logistic")
 ENCODINGS = ("direct", "poisson")
 
@@ -112,6 +113,7 @@ class ModelHeader:
     arch: str = ""
     width: float | None = None
     downsample: str = "conv"  # the twin VGG's down-sampling stages: conv | maxpool
+    refractory: str = "step"  # one of REFRACTORY: one step after a spike, or none
 
     @property
     def variant(self):
@@ -403,6 +405,8 @@ def _check_header(header: dict[str, Any], source: str) -> None:
     _require(isinstance(ticks, int) and ticks >= 1, source, f"model.ticks={ticks!r} is not an integer >= 1")
     _require(ticks == 1 or 0.0 < model["beta"] < 1.0, source, f"model.ticks={ticks} needs 0 < beta < 1")
     _require(model["reset"] in RESETS, source, f"model.reset={model['reset']!r} is not one of {RESETS}")
+    _require(model.get("refractory", "step") in REFRACTORY, source,
+             f"model.refractory={model.get('refractory')!r} is not one of {REFRACTORY}")
     _require(model["mask_sigma"] in SIGMAS, source, f"model.mask_sigma={model['mask_sigma']!r} not in {SIGMAS}")
     _require(model["encoding"] in ENCODINGS, source, f"model.encoding={model['encoding']!r} not in {ENCODINGS}")
     _require(model["encoding"] != "poisson" or isinstance(header.get("reference", {}).get("input_seed"), int),

@@ -15,6 +15,7 @@ import brian2
 import numpy as np
 from brian2 import ms, mV
 
+from core import equations
 from core.errors import UserError
 from core.export_format import Export
 from sim.biophysics import discrete_to_biophysical
@@ -96,19 +97,23 @@ def make_timing(export: Export, options: SimOptions) -> Timing:
     tau_m = phys.tau_m_ms if options.tau_m_ms is None else options.tau_m_ms
     if not tau_m > 0:
         raise SimError(f"--tau-m-ms={tau_m}: the membrane time constant must be positive.")
-    step_ms = tau_m * float(np.log(1.0 / export.model.beta)) if 0.0 < export.model.beta < 1.0 else None
-    if options.refractory_ms is not None and step_ms is not None:
+    step_ms = equations.step_ms(export.model.beta, tau_m) if 0.0 < export.model.beta < 1.0 else None
+    refractory_ms = options.refractory_ms
+    if refractory_ms is None and export.model.refractory == "none":
+        refractory_ms = 0.0  # trained without a refractory period (model.refractory=none)
+    if options.refractory_ms is not None and step_ms is not None and options.refractory_ms != 0.0:
         dt_ms, ref = step_ms / ticks, options.refractory_ms
         refractory_ticks = ref / dt_ms
         if ref < dt_ms * (1 - 1e-9) or abs(refractory_ticks - round(refractory_ticks)) > 1e-6:
-            raise SimError(f"--refractory-ms={ref} is not a whole number (>= 1) of ticks of dt = {dt_ms:.6g} ms "
-                           f"(one step = {step_ms:.6g} ms, {ticks} ticks); give e.g. {step_ms:.6g} (one step).")
+            raise SimError(f"--refractory-ms={ref} is not 0 (none) or a whole number (>= 1) of ticks of dt = "
+                           f"{dt_ms:.6g} ms (one step = {step_ms:.6g} ms, {ticks} ticks); give e.g. {step_ms:.6g} "
+                           "(one step).")
     try:
         bio = discrete_to_biophysical(export.model.beta, export.model.theta, tau_m * ms,
                                       (phys.v_rest_mv if options.v_rest_mv is None else options.v_rest_mv) * mV,
                                       (phys.v_threshold_mv if options.v_threshold_mv is None
                                        else options.v_threshold_mv) * mV,
-                                      None if options.refractory_ms is None else options.refractory_ms * ms)
+                                      None if refractory_ms is None else refractory_ms * ms)
     except ValueError as exc:
         raise SimError(str(exc)) from exc
     return Timing("biophysical", ticks, bio, options.synapse)

@@ -30,7 +30,7 @@ def _layers(flex: bool) -> list[dict]:
 
 def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: int = 3, beta: float = 0.5,
                   reset: str = "subtract", sigma: str = "hard", plasticity_rate: float = 0.05, encoding: str = "direct",
-                  seed: int = 0, plasticity_decay: float = 0.01, ticks: int = 1) -> Export:
+                  seed: int = 0, plasticity_decay: float = 0.01, ticks: int = 1, refractory: str = "step") -> Export:
     """Write a random export to ``path`` and return it read back (validated)."""
     rng = np.random.default_rng(seed)
     layers = _layers(flex)
@@ -39,7 +39,8 @@ def random_export(path: Path, *, flex: bool = True, steps: int = 2, n_images: in
     header = {
         "model": {"arch": "tiny", "flex": flex, "mode": "stbp", "steps": steps, "beta": beta, "theta": 1.0,
                   "reset": reset, "mask_sigma": sigma, "encoding": encoding, "plasticity_rate": plasticity_rate,
-                  "plasticity_decay": plasticity_decay, "num_classes": 10, **({"ticks": ticks} if ticks > 1 else {})},
+                  "plasticity_decay": plasticity_decay, "num_classes": 10, **({"ticks": ticks} if ticks > 1 else {}),
+                  "refractory": refractory},
         "layers": layers, "readout": {"source": last["name"], "features": features},
         "reference": {"split": "random", "selection": "random images", "dtype": "float64", "plasticity": "off",
                       "input_seed": seed},

@@ -106,14 +106,16 @@ def test_model_at_k_ticks_equals_the_float64_reference_of_its_export(tmp_path, f
 
 
 @pytest.mark.brian
-@pytest.mark.parametrize("encoding", ["direct", "poisson"])
+@pytest.mark.parametrize("encoding, refractory", [("direct", "step"), ("poisson", "step"), ("direct", "none")])
 @pytest.mark.parametrize("flex", [True, False])
-def test_biophysical_mode_at_the_trained_k_agrees_spike_for_spike(tmp_path, flex, encoding):
-    """Brian2 at --ticks K (the export's default) reproduces the tick of every spike and the logits."""
+def test_biophysical_mode_at_the_trained_k_agrees_spike_for_spike(tmp_path, flex, encoding, refractory):
+    """Brian2 at --ticks K (the export's default) reproduces the tick of every spike and the logits; with
+    model.refractory=none too, where a neuron may fire in consecutive ticks (the logits then count them)."""
     from sim.simulate import SimOptions, simulate
 
     k = 4
-    export = random_export(tmp_path / "e.npz", flex=flex, n_images=3, beta=0.6, ticks=k, encoding=encoding)
+    export = random_export(tmp_path / "e.npz", flex=flex, n_images=3, beta=0.6, ticks=k, encoding=encoding,
+                           refractory=refractory)
     ref = reference_forward(export, export.arrays["ref.images"])
     result = simulate(export, SimOptions(n_images=3, mode="biophysical"))
     assert result.timing.ticks == k
@@ -139,3 +141,13 @@ def test_sim_refuses_what_does_not_fit_the_trained_dynamics(tmp_path):
         make_timing(export, SimOptions(n_images=1, mode="biophysical", tau_m_ms=-1.0))
     timing = make_timing(export, SimOptions(n_images=1, mode="biophysical", ticks=8))
     assert timing.ticks == 8 and float(timing.bio.refractory / timing.dt) == pytest.approx(8)
+
+
+def test_without_a_refractory_period_a_neuron_fires_in_consecutive_ticks():
+    """model.refractory=none: a strong held drive fires every tick; the default fires once per step."""
+    for refractory, expected in (("none", [1] * 12), ("step", [1, 0, 0, 0] * 3)):
+        cfg = make_config("smoke", mode="stbp", overrides=["model.ticks=4", f"model.refractory={refractory}"])
+        model = build_model(cfg.model)
+        lif = model.activations["conv1"].params(ticks=4).lif
+        s, _ = lif_run(torch.full((1, 1), 50.0), None, 3, lif, _heaviside)
+        assert s[:, 0].tolist() == expected

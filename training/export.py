@@ -89,7 +89,7 @@ def folded_network(export: Export) -> tuple[list[fwd.Stage], fwd.Readout]:
     """The export's numbers (float64, batch-norm folded) as :func:`training.forward.run_network` reads them."""
     a = {k: torch.from_numpy(v) for k, v in export.arrays.items() if not k.startswith("ref.")}
     m = export.model
-    lif = LIFParams(m.beta, m.theta, Reset(m.reset), export.ticks)
+    lif = LIFParams(m.beta, m.theta, Reset(m.reset), export.ticks, None if m.refractory == "step" else 1)
     neurons = fwd.NeuronParams(lif, _heaviside, fused=True)  # no gradient: the fused LIF's numbers are the same
     stages = []
     for layer in export.layers:
@@ -168,10 +168,10 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
     header = {
         "model": {"arch": m.arch.value, "flex": m.flex, "mode": m.mode.value, "width": m.width, "steps": m.steps,
                   "beta": m.beta, "theta": m.theta, "reset": m.reset.value, "mask_sigma": m.mask_sigma.value,
-                  "encoding": m.encoding.value, "plasticity_rate": m.plasticity_rate,
+                  "encoding": m.encoding.value, "plasticity_rate": m.plasticity_rate, "refractory": m.refractory.value,
                   "plasticity_decay": m.plasticity_decay, "num_classes": m.num_classes, "ticks": m.ticks,
                   "downsample": m.downsample.value},
-        "physics": physics(m.beta, m.ticks),
+        "physics": physics(m.beta, m.ticks, m.refractory.value),
         "layers": layers,
         "readout": {"source": last["name"], "features": last["c_out"] * last["out_size"][0] * last["out_size"][1]},
         "reference": {"split": "test", "selection": f"first {len(labels)} images", "dtype": "float64",
@@ -195,18 +195,19 @@ def build_export(model: SpikingVGG, cfg: RunConfig, images: np.ndarray, labels: 
     return header, arrays
 
 
-def physics(beta: float, ticks: int) -> dict:
+def physics(beta: float, ticks: int, refractory: str = "step") -> dict:
     """The physical reading of the trained dynamics (docs/model.md, "Time"): what ``sim/`` simulates by default.
 
     The membrane constants are :data:`core.equations.PHYSICS_DEFAULTS`; one step lasts
-    ``tau_m ln(1/beta)``, a tick ``dt = step / K``; the refractory period is one step; synapses are delta
-    synapses (a spike's charge arrives in the tick it is emitted).
+    ``tau_m ln(1/beta)``, a tick ``dt = step / K``; the refractory period is one step (``model.refractory``
+    ``step``) or none (0 ms); synapses are delta synapses (a spike's charge arrives in the tick it is emitted).
     """
     p = dict(equations.PHYSICS_DEFAULTS)
     if not 0.0 < beta < 1.0:  # no finite physical step (only exact mode applies)
         return {**p, "ticks": ticks, "synapse": "delta"}
     step = equations.step_ms(beta, p["tau_m_ms"])
-    return {**p, "ticks": ticks, "step_ms": step, "dt_ms": step / ticks, "refractory_ms": step, "synapse": "delta"}
+    return {**p, "ticks": ticks, "step_ms": step, "dt_ms": step / ticks,
+            "refractory_ms": step if refractory == "step" else 0.0, "synapse": "delta"}
 
 
 def export_run(run_dir: Path, out: Path | None = None, n_images: int = DEFAULT_IMAGES,

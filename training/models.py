@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from core import equations
-from core.config import Downsample, Encoding, Mode, ModelConfig
+from core.config import Downsample, Encoding, Mode, ModelConfig, Refractory
 from training import forward as fwd
 from training import fused
 from training.flex import PlasticFlexLayer, drives_from_moments, pathway_moments
@@ -94,7 +94,8 @@ class Activation(nn.Module):
         if self.mode is Mode.ANN:
             return fwd.NeuronParams(None)
         c = self.cfg
-        return fwd.NeuronParams(LIFParams(c.beta, c.theta, c.reset, ticks), self.spike_fn,
+        refractory = None if c.refractory is Refractory.STEP else 1  # None: K ticks, one step
+        return fwd.NeuronParams(LIFParams(c.beta, c.theta, c.reset, ticks, refractory), self.spike_fn,
                                 detach_state=self.mode is Mode.HYBRID, fused=fused.use_fused(self))
 
 

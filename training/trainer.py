@@ -248,7 +248,7 @@ class Trainer:
         """Start from another run's trained weights (fine-tuning, e.g. at another ``model.ticks``)."""
         state = load_checkpoint(source, map_location=self.device)
         saved = run_config(state).model
-        same = {"ticks", "plasticity_rate"}  # what a fine-tune may change without changing the weights' meaning
+        same = {"ticks", "plasticity_rate", "refractory"}  # what a fine-tune may change, the weights keeping their meaning
         diff = {k: (getattr(saved, k), getattr(self.cfg.model, k)) for k in saved.__dataclass_fields__
                 if k not in same and getattr(saved, k) != getattr(self.cfg.model, k)}
         if diff:
