@@ -2,7 +2,7 @@
 
 Both are :class:`torch.autograd.Function` s with a hand-written backward that
 compute exactly what the reference code computes (:meth:`PlasticFlexLayer.forward`
-and :func:`training.neurons.lif_multistep`), in fewer passes over memory and
+and :func:`training.neurons.lif_run`), in fewer passes over memory and
 with fewer autograd nodes:
 
 * :func:`mask_mix` — :data:`core.equations.MASK_INPUT`, the mask's sigma and
@@ -138,34 +138,46 @@ def mask_mix(logits: torch.Tensor, time_bias: torch.Tensor, conv: torch.Tensor, 
 class _LIFMultiStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, currents, v0, steps: int, beta: float, theta: float, subtract: bool, detach: bool,
-                surrogate: SurrogateFn):  # type: ignore[override]
+                surrogate: SurrogateFn, refractory: int):  # type: ignore[override]
+        # `steps` counts ticks and `beta` is the decay per tick (training.neurons.lif_step)
         inputs = currents.unbind(0)
         shape = (steps, *inputs[0].shape)
-        x_all = currents.new_empty(shape)  # distance to threshold, v_pre - theta, per step
+        x_all = currents.new_empty(shape)  # distance to threshold, v_pre - theta, per tick
         spikes = currents.new_empty(shape)
+        gates = torch.empty(shape, dtype=torch.bool, device=currents.device) if refractory > 1 else None
+        wait = currents.new_zeros(shape[1:]) if refractory > 1 else None
         v = v0
         for t in range(steps):
             h = torch.add(inputs[t if len(inputs) > 1 else 0], v, alpha=beta)  # same arithmetic as lif_step
             x = torch.sub(h, theta, out=x_all[t])
-            s = spikes[t].copy_(x >= 0)
+            if gates is None:
+                s = spikes[t].copy_(x >= 0)
+            else:  # the refractory countdown (core.equations.REFRACTORY_LEFT) gates the spike
+                wait = (wait - 1.0).clamp_(min=0.0)
+                torch.lt(wait, 0.5, out=gates[t])
+                s = spikes[t].copy_((x >= 0) & gates[t])
+                wait = wait + refractory * s
             v = torch.sub(h, s, alpha=theta) if subtract else h * (1.0 - s)
         ctx.params = (steps, beta, theta, subtract, detach, surrogate, currents.shape, v0.requires_grad)
-        ctx.save_for_backward(x_all, spikes)
+        ctx.save_for_backward(x_all, spikes, gates)
         return spikes, v
 
     @staticmethod
     def backward(ctx, g_spikes, g_v):  # type: ignore[override]
         _no_double_backward("the fused LIF (training.fused.lif_fused)")
         steps, beta, theta, subtract, detach, surrogate, in_shape, v0_grad = ctx.params
-        x_all, spikes = ctx.saved_tensors
-        # Step by step in reverse, as BPTT: one step's tensors stay in cache (whole-T passes measured slower
-        # on the CPU), and the arithmetic is the reference's, term by term:
+        x_all, spikes, gates = ctx.saved_tensors
+        # Tick by tick in reverse, as BPTT: one tick's tensors stay in cache (whole-T passes measured slower
+        # on the CPU), and the arithmetic is the reference's, term by term (s' the surrogate derivative, times
+        # the refractory gate where there is one):
         #   subtract: g_h = g_v + (g_s - theta g_v) s'       zero: g_h = g_v (1 - s) + (g_s - h g_v) s'
-        #   g_v(t-1) = beta g_h (stbp) or 0 (hybrid: the state is detached between steps)
+        #   g_v(t-1) = beta g_h (stbp) or 0 (hybrid: the state is detached between ticks)
         g_h = torch.empty_like(x_all)
         gv = g_v
         for t in range(steps - 1, -1, -1):
             sg = surrogate.derivative(x_all[t])
+            if gates is not None:
+                sg = sg * gates[t]
             g_s = g_spikes[t] if g_spikes is not None else torch.zeros_like(sg)
             if gv is None:
                 torch.mul(g_s, sg, out=g_h[t])
@@ -177,19 +189,21 @@ class _LIFMultiStep(torch.autograd.Function):
             gv = None if detach else g_h[t] * beta
         g_currents = g_h if in_shape[0] == steps else g_h.sum(0, keepdim=True)
         g_v0 = gv if (v0_grad and not detach) else None
-        return g_currents, g_v0, None, None, None, None, None, None
+        return g_currents, g_v0, None, None, None, None, None, None, None
 
 
 def lif_fused(currents: torch.Tensor, steps: int, beta: float, theta: float, reset: Reset,
-              surrogate: SurrogateFn, *, detach_state: bool = False,
-              v0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-step LIF in one autograd node; the same numbers as :func:`training.neurons.lif_multistep`.
+              surrogate: SurrogateFn, *, detach_state: bool = False, v0: torch.Tensor | None = None,
+              refractory: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LIF over ``steps`` ticks in one autograd node; the same numbers as :func:`training.neurons.lif_run`.
 
-    Returns spikes ``[T, B, ...]`` and the final membrane ``v``.
+    ``currents`` is each tick's drive ``[steps or 1, B, ...]`` (one entry: constant), ``beta`` the decay per
+    tick, ``refractory`` the refractory period in ticks (<= 1: none). Returns spikes ``[steps, B, ...]`` and the
+    final membrane ``v``.
     """
     if currents.shape[0] not in (1, steps):
         raise ValueError(f"currents has {currents.shape[0]} time steps; expected 1 or {steps}.")
     if v0 is None:
         v0 = currents.new_zeros(currents.shape[1:])
     return _LIFMultiStep.apply(currents, v0, steps, float(beta), float(theta), Reset(reset) is Reset.SUBTRACT,
-                               bool(detach_state), surrogate)
+                               bool(detach_state), surrogate, int(refractory))

@@ -118,11 +118,12 @@ def lif_run(held: torch.Tensor | None, jump: torch.Tensor | None, steps: int, pa
         raise ValueError(f"held drive has {held.shape[0]} entries; expected {allowed}.")
     if jump is not None and jump.shape[0] != steps * k:
         raise ValueError(f"synaptic charge has {jump.shape[0]} ticks; expected {steps * k}.")
-    if allow_fused and k == 1 and (held is None or jump is None) and state is None:
-        spikes, v = fused.lif_fused(held if jump is None else jump, steps, params.beta, params.theta, params.reset,
-                                    spike_fn, detach_state=detach_state)
-        return spikes, LIFState(v)
     gain = params.gain
+    if allow_fused and state is None:  # one autograd node over all ticks, each tick's drive computed up front
+        drive = _tick_drives(held, jump, steps, k, gain)
+        spikes, v = fused.lif_fused(drive, steps * k, params.decay, params.theta, params.reset, spike_fn,
+                                    detach_state=detach_state, refractory=params.refractory)
+        return spikes, LIFState(v)
     held_at = _held_index(held, steps, k)
     # unbind, not x[i]: indexing leaves one full-size zero-filled gradient per tick in the backward
     helds = held.unbind(0) if held is not None else None
@@ -138,6 +139,21 @@ def lif_run(held: torch.Tensor | None, jump: torch.Tensor | None, steps: int, pa
         s, state = lif_step(drive, state, params, spike_fn)
         out.append(s)
     return torch.stack(out), state
+
+
+def _tick_drives(held: torch.Tensor | None, jump: torch.Tensor | None, steps: int, ticks: int,
+                 gain: float) -> torch.Tensor:
+    """Each tick's drive ``g held + jump`` (TICK_DRIVE) as one tensor ``[T·K or 1, B, ...]``, with the same
+    arithmetic as :func:`lif_run`'s loop."""
+    if held is None:
+        return jump
+    if gain != 1.0:
+        held = gain * held
+    if held.shape[0] not in (1, steps * ticks) and ticks > 1:  # per step: repeat over the step's ticks
+        held = held.repeat_interleave(ticks, 0)
+    if jump is None:
+        return held
+    return (held if held.shape[0] == steps * ticks else held.expand_as(jump)) + jump
 
 
 def _held_index(held: torch.Tensor | None, steps: int, ticks: int):
