@@ -28,9 +28,6 @@ MAC count is the same architecture run as an ANN: one step, all ops dense.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,15 +36,14 @@ from torch import nn
 
 from analysis.robustness import select_images
 from analysis.settings import SparsitySettings, settings_json
-from core.config import Encoding
 from training.data import Split, to_float
-from training.flex import PlasticFlexLayer, flat_time
-from training.models import ConvStage, ModelOutput, SpikingVGG
+from training.flex import PlasticFlexLayer
+from training.forward import READOUT, flat_time
+from training.models import ModelOutput, SpikingVGG
 
 AC_PJ = 0.9
 MAC_PJ = 4.6
 PATHS = ("weights", "channel_map", "mask")
-READOUT = "classifier"
 
 
 def firing_rate(activity: torch.Tensor) -> torch.Tensor:
@@ -90,37 +86,18 @@ def stage_ops(stage: nn.Module, x: torch.Tensor, analog: bool, steps: int) -> di
     return ops
 
 
-@contextlib.contextmanager
-def counting_ops(model: SpikingVGG) -> Iterator[dict[str, dict[str, list[float]]]]:
-    """While active, every forward of ``model`` adds its ops to ``{layer: {path: [ACs, MACs, ANN MACs]}}``."""
-    counts: dict[str, dict[str, list[float]]] = {}
-    cfg = model.cfg
-    first_is_spikes = cfg.spiking and cfg.encoding is Encoding.POISSON
-
-    def hook_for(name: str, analog: bool):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            # the read-out gets [T, B, F]; stages get [T', B, C, H, W]
-            dense = stage_ops(module, x[:1], analog=True, steps=1)
-            ops = stage_ops(module, x, analog, cfg.steps)
-            layer = counts.setdefault(name, {p: [0.0, 0.0, 0.0] for p in PATHS})
-            for p in PATHS:
-                is_mac = analog or p == "mask"
-                layer[p][1 if is_mac else 0] += ops[p]
-                layer[p][2] += dense[p]
-        return hook
-
-    handles = []
-    for i, (name, stage) in enumerate(zip(model.names, model.stages)):
-        if isinstance(stage, (ConvStage, PlasticFlexLayer)):
-            analog = not cfg.spiking or (i == 0 and not first_is_spikes)
-            handles.append(stage.register_forward_pre_hook(hook_for(name, analog)))
-    handles.append(model.classifier.register_forward_pre_hook(hook_for(READOUT, not cfg.spiking)))
-    try:
-        yield counts
-    finally:
-        for h in handles:
-            h.remove()
+def count_ops(model: SpikingVGG, out: ModelOutput, counts: dict[str, dict[str, list[float]]]) -> None:
+    """Add the synaptic ops of one forward pass to ``{layer: {path: [ACs, MACs, ANN MACs]}}``, from what each
+    stage with weights received (``out.inputs``, :class:`training.forward.StageInput`)."""
+    modules = {**dict(zip(model.names, model.stages)), READOUT: model.classifier}
+    for name, x, analog in out.inputs:
+        module = modules[name]
+        dense = stage_ops(module, x[:1], analog=True, steps=1)  # the same architecture as an ANN
+        ops = stage_ops(module, x, analog, model.cfg.steps)
+        layer = counts.setdefault(name, {p: [0.0, 0.0, 0.0] for p in PATHS})
+        for p in PATHS:
+            layer[p][1 if analog or p == "mask" else 0] += ops[p]
+            layer[p][2] += dense[p]
 
 
 def raster_neurons(model: SpikingVGG, out: ModelOutput, n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -143,18 +120,20 @@ def sparsity(model: SpikingVGG, split: Split, settings: SparsitySettings,
     ratio = {n: torch.zeros(steps, dtype=torch.float64) for n in layers}
     neurons: dict[str, int] = {}
     raster, chosen = None, None
-    with counting_ops(model) as counts:
-        for start in range(0, len(images), settings.batch_size):
-            x = to_float(images.images[start:start + settings.batch_size])
-            out = model.run(x)
-            for t in out.layers:
-                spikes[t.name] += (t.output != 0).flatten(2).sum(2).sum(1).double().cpu()
-                neurons[t.name] = t.output[0, 0].numel()
-                if t.mask is not None:
-                    ratio[t.name] += t.mask.expand(steps, *t.mask.shape[1:]).flatten(1).mean(1).double().cpu() * len(x)
-            if start == 0 and settings.raster_images:
-                chosen = raster_neurons(model, out, settings.raster_neurons, settings.seed)
-                raster = _raster(out, chosen, settings.raster_images)
+    counts: dict[str, dict[str, list[float]]] = {}
+    for start in range(0, len(images), settings.batch_size):
+        x = to_float(images.images[start:start + settings.batch_size])
+        out = model.run(x)
+        count_ops(model, out, counts)
+        for t in out.layers:
+            spikes[t.name] += (t.output != 0).flatten(2).sum(2).sum(1).double().cpu()
+            neurons[t.name] = t.output[0, 0].numel()
+            if t.mask is not None:
+                mask = t.mask if t.mask.shape[0] in (1, steps) else t.mask.unflatten(0, (steps, -1)).mean(1)  # per tick
+                ratio[t.name] += mask.expand(steps, *mask.shape[1:]).flatten(1).mean(1).double().cpu() * len(x)
+        if start == 0 and settings.raster_images:
+            chosen = raster_neurons(model, out, settings.raster_neurons, settings.seed)
+            raster = _raster(out, chosen, settings.raster_images)
     return _dataset(model, layers, spikes, ratio, neurons, counts, raster, chosen, len(images), index, settings, attrs)
 
 

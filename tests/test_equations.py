@@ -95,7 +95,7 @@ def test_mask_sigma_dispatch():
 def test_channel_map_rule():
     assert not equations.maps_channels(5, 5) and equations.maps_channels(4, 6)
     np.testing.assert_array_equal(equations.channel_map_matrix(5, 5), np.eye(5))
-    from training.flex import map_channels
+    from training.forward import map_channels
 
     x = torch.randn(2, 4, 3, 3)
     assert map_channels(x, torch.eye(4)) is x  # the identity is skipped

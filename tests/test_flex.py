@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from core import equations
 from core.config import MaskSigma
-from training.flex import PlasticFlexLayer, flat_time
+from training.flex import PlasticFlexLayer
+from training.forward import flat_time
 
 
 def _np_conv(x, w, stride, pad):

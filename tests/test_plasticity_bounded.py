@@ -12,6 +12,7 @@ import torch
 from core import equations
 from core.config import make_config
 from training import data as cifar
+from training.flex import drives_from_moments, pathway_moments
 from training.models import build_model
 
 PAPER_UPDATES = 120 * (50_000 // 128)
@@ -25,26 +26,14 @@ def drives(cifar_dir):
     model = build_model(cfg.model).train()
     split = cifar.subset(cifar.load_split("train", cifar_dir), 512, 0)
     out: dict[str, list[list[torch.Tensor]]] = {}
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(name):
-        def fn(layer, args, output):  # old drives: raw mean rectified path outputs
-            x = args[0]
-            from training.flex import flat_time
-            conv, pool = flat_time(layer.conv_path, x), flat_time(layer.pool_path, x)
-            captured[name] = (conv.relu().mean((0, 1, 3, 4)), pool.relu().mean((0, 1, 3, 4)))
-        return fn
-
-    for name, layer in model.flex_layers().items():
-        layer.register_forward_hook(hook(name))
     with torch.no_grad():
         for x, _ in cifar.batches(split, 64):
-            for trace in model.run(x).layers:
-                if trace.r_sel is not None:
-                    old = captured[trace.name]
-                    out.setdefault(trace.name, [[], [], [], []])
-                    for lst, val in zip(out[trace.name], (trace.r_sel, trace.r_inv, *old)):
-                        lst.append(val)
+            for paths in model.run(x).paths:  # the per-step conv and pool paths of every flex layer
+                r_sel, r_inv = drives_from_moments(pathway_moments(paths.conv, paths.pool))
+                old = paths.conv.relu().mean((0, 1, 3, 4)), paths.pool.relu().mean((0, 1, 3, 4))  # raw means
+                out.setdefault(paths.name, [[], [], [], []])
+                for lst, val in zip(out[paths.name], (r_sel, r_inv, *old)):
+                    lst.append(val)
     return cfg.model, {k: [torch.stack(v) for v in vals] for k, vals in out.items()}
 
 

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core import equations
 from core.config import MaskMode, MaskSigma, Mode, Reset, RunConfig
-from core.export_format import Export, LayerSpec, pack_spikes, params_only, write_export
+from core.export_format import Export, pack_spikes, params_only, write_export
 from core.results import file_sha256, provenance
 from training import forward as fwd
 from training.flex import PlasticFlexLayer

@@ -15,7 +15,7 @@ from core import equations
 from core.config import MaskMode, MaskSigma
 from training import forward as fwd
 from training import fused
-from training.forward import flat_time, map_channels
+from training.forward import map_channels
 
 # The conv path's BN starts at gamma = 1/m0 (see PlasticFlexLayer); m0 is floored so that a
 # strongly negative mask_init cannot turn the conv path's scale into 1/1e-3 = 1000.

@@ -206,10 +206,23 @@ class Paths(NamedTuple):
     pool: torch.Tensor
 
 
+class StageInput(NamedTuple):
+    """What a stage with weights (conv, flex, the read-out ``READOUT``) received: analog ``[T', B, ...]`` or spikes
+    per tick ``[T·K, B, ...]`` (the read-out: per step, ``[T, B, C, H, W]``). References, not copies."""
+
+    name: str
+    x: torch.Tensor
+    analog: bool
+
+
+READOUT = "classifier"
+
+
 class ForwardResult(NamedTuple):
     logits: torch.Tensor  # [B, classes], mean over steps of the read-out
     layers: tuple[LayerTrace, ...]  # every neuron layer, in order
     paths: tuple[Paths, ...]  # every flex stage with a learned mask, neurons after it or not
+    inputs: tuple[StageInput, ...]  # every stage with weights, in order, then the read-out
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -298,11 +311,12 @@ def run_network(stages: list[Stage], readout: Readout, x: torch.Tensor, time: Ti
     step ``[T, B, 3, H, W]``)."""
     if not analog:
         x = first_tick(x, time.ticks)  # Poisson input spikes arrive in the first tick of their step
-    traces, paths = [], []
+    traces, paths, inputs = [], [], []
     for stage in stages:
         if isinstance(stage.params, PoolParams):
             x = pool_stage(stage.params, x, time, analog)
             continue
+        inputs.append(StageInput(stage.name, x, analog))
         drive = STAGES[type(stage.params)](stage.params, x, time, analog)
         if drive.conv_step is not None:
             paths.append(Paths(stage.name, drive.conv_step, drive.pool_step))
@@ -315,8 +329,9 @@ def run_network(stages: list[Stage], readout: Readout, x: torch.Tensor, time: Ti
         per_step = step_sum(x, time.steps) if spiking and time.ticks > 1 else x
         traces.append(LayerTrace(stage.name, per_step, drive.mask, x if spiking else None))
     last = step_sum(x, time.steps) if time.ticks > 1 and x.shape[0] == time.steps * time.ticks else x
+    inputs.append(StageInput(READOUT, last, analog))
     scores = F.linear(last.flatten(2), readout.weight, readout.bias)  # [T, B, classes]
-    return ForwardResult(scores.mean(0), tuple(traces), tuple(paths))
+    return ForwardResult(scores.mean(0), tuple(traces), tuple(paths), tuple(inputs))
 
 
 # ---------------------------------------------------------------------------------------------- flex helpers

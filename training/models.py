@@ -55,6 +55,8 @@ class ModelOutput(NamedTuple):
     layers: tuple[LayerTrace, ...]  # every neuron layer, in order (training.forward.LayerTrace)
     # (name, moments) of every flex layer in training mode, neurons after it or not (flex.pathway_moments)
     moments: tuple[tuple[str, torch.Tensor], ...] = ()
+    inputs: tuple[fwd.StageInput, ...] = ()  # what every stage with weights received (training.forward)
+    paths: tuple[fwd.Paths, ...] = ()  # every flex stage's per-step conv and pool paths (training.forward)
 
 
 class ConvStage(nn.Module):
@@ -181,7 +183,7 @@ class SpikingVGG(nn.Module):
         if self.training:  # the pathway drives of the plasticity rule, from the per-step paths
             with torch.no_grad():
                 moments = tuple((p.name, pathway_moments(p.conv, p.pool)) for p in out.paths)
-        return ModelOutput(out.logits, out.layers, moments)
+        return ModelOutput(out.logits, out.layers, moments, out.inputs, out.paths)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images).logits
