@@ -160,7 +160,6 @@ def load_samples(plan: GraphPlan, graph_path: Path, options: NIROptions, referen
 def simulate_nir(graph_path: Path, options: NIROptions) -> tuple[NIRResult, object | None]:
     """Read, check and simulate a NIR graph; returns the result and the reference export (or None)."""
     from core.export_format import read_export
-    from sim.nir_import import build_nir_network
 
     graph_path = Path(graph_path)
     plan = plan_graph(read_graph(graph_path), options.dt)

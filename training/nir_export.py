@@ -96,14 +96,21 @@ def _neuron_nodes(name: str, shape: tuple[int, ...], beta: float, theta: float, 
     """NIR nodes and internal edges of one layer of neurons; returns (nodes, edges, entry node, spike node)."""
     import nir
 
-    tau, r = exact_tau(beta)
     full = lambda value: np.full(shape, value, dtype=np.float64)  # noqa: E731 - per-neuron arrays, NIR's form
     threshold = float(np.nextafter(theta, -np.inf))
-    if reset is Reset.ZERO:
+    if beta == 1.0:  # no leak: NIR's integrate-and-fire / integrator, dv/dt = R I with dt R = 1
+        if reset is Reset.ZERO:
+            return {name: nir.IF(r=full(1.0 / DT), v_threshold=full(threshold), v_reset=full(0.0))}, [], name, name
+        membrane_node = nir.I(r=full(1.0 / DT))
+    elif reset is Reset.ZERO:
+        tau, r = exact_tau(beta)
         node = nir.LIF(tau=full(tau), r=full(r), v_leak=full(0.0), v_threshold=full(threshold), v_reset=full(0.0))
         return {name: node}, [], name, name
+    else:
+        tau, r = exact_tau(beta)
+        membrane_node = nir.LI(tau=full(tau), r=full(r), v_leak=full(0.0))
     membrane, reset_name = f"{name}_membrane", f"{name}_reset"
-    nodes = {membrane: nir.LI(tau=full(tau), r=full(r), v_leak=full(0.0)),
+    nodes = {membrane: membrane_node,
              name: nir.Threshold(threshold=full(threshold)),
              reset_name: nir.Scale(scale=full(-beta * theta))}
     return nodes, [(membrane, name), (name, reset_name), (reset_name, membrane)], membrane, name
