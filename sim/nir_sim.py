@@ -10,6 +10,7 @@ With a reference, spikes and classes are compared with it as for an export.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -63,8 +64,6 @@ def reference_path(graph_path: Path) -> Path:
 
 def _cifar_test(n: int, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` CIFAR-10 test images (uint8 ``[n, 3, 32, 32]``) and labels, without torch."""
-    import os
-
     root = Path(data_dir or os.environ.get("BIOFLEXNET_DATA_DIR", "data")) / "cifar-10-batches-py"
     path = root / "test_batch"
     if not path.is_file():
@@ -126,7 +125,7 @@ def _read_inputs(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.nda
     return np.asarray(x, dtype=np.float64), labels
 
 
-def load_samples(plan: GraphPlan, graph_path: Path, options: NIROptions, reference=None) -> Samples:
+def load_samples(plan: GraphPlan, options: NIROptions, reference=None) -> Samples:
     """The stimulus ``[N, T, *input shape]``: from ``--inputs``, the reference's images, or CIFAR-10."""
     shape = plan.nodes[plan.input].out_shape
     if options.inputs is not None:
@@ -165,7 +164,11 @@ def simulate_nir(graph_path: Path, options: NIROptions) -> tuple[NIRResult, obje
     plan = plan_graph(read_graph(graph_path), options.dt)
     ref_file = reference_path(graph_path)
     reference = read_export(ref_file) if ref_file.is_file() and options.inputs is None else None
-    samples = load_samples(plan, graph_path, options, reference)
+    graph_sha = str(plan.metadata.get("checkpoint_sha256", ""))
+    if reference is not None and graph_sha and reference.header.run.checkpoint_sha256 != graph_sha:
+        raise NIRGraphError(f"{ref_file} is the reference of another checkpoint than {graph_path}; export both again "
+                            "with `bioflexnet export RUN --format nir`.")
+    samples = load_samples(plan, options, reference)
     return run_plan(plan, samples, options.device, options.build_dir), reference
 
 
@@ -224,7 +227,8 @@ def to_dataset(result: NIRResult, graph_path: Path, options: NIROptions, referen
         data.update(_fidelity(result, reference, layers, n))
     attrs = provenance(None, None)
     attrs.update({"source_nir": str(Path(graph_path).resolve()), "inputs": result.samples.source,
-                  "device": options.device, "n_images": n, "dt_s": plan.dt, "steps": int(result.samples.stimulus.shape[1]),
+                  "device": options.device, "n_images": n, "dt_s": plan.dt,
+                  "steps": int(result.samples.stimulus.shape[1]),
                   "integration": "forward Euler per tick of dt (docs/nir.md)",
                   **{f"timing_{k}": float(v) for k, v in result.timings.items()}})
     for key in ("convention", "source_run_dir", "checkpoint_sha256"):

@@ -262,7 +262,8 @@ def _euler_reference(g, x: np.ndarray, dt: float) -> dict[str, np.ndarray]:
             s["cuba_v"] = np.where(z, c.v_reset, s["cuba_v"])
             out["cuba"][i, t] = z
             li = nd["li"]
-            s["li"] = (1 - dt / li.tau) * s["li"] + dt * li.r / li.tau * (nd["lin"].weight @ z) + dt * li.v_leak / li.tau
+            s["li"] = (1 - dt / li.tau) * s["li"] + dt * li.r / li.tau * (nd["lin"].weight @ z) \
+                + dt * li.v_leak / li.tau
             out["thr"][i, t] = s["li"] > nd["thr"].threshold
             s["integ"] = s["integ"] + dt * nd["integ"].r * aff
             out["integ"][i, t] = s["integ"]
@@ -344,3 +345,27 @@ def test_bad_files_are_refused_in_one_line_by_the_cli(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "'delay' is a Delay node" in err
     assert main(["sim", str(bad), "--plasticity"]) == 2
     assert "--plasticity only apply to an export" in capsys.readouterr().err
+
+
+def test_the_importer_never_imports_torch(tmp_path):
+    """sim/ stays torch-free on the NIR path too (file -> plan -> Brian2 -> sim.nc), in a fresh interpreter."""
+    import subprocess
+    import sys
+    import textwrap
+
+    nir.write(tmp_path / "mixed.nir", _mixed_graph(np.random.default_rng(3)))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 2, (1, 4, 2, 6, 6)))
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from sim.nir_sim import NIROptions, simulate_nir, to_dataset
+        options = NIROptions(inputs=Path({str(tmp_path / "x.npy")!r}))
+        result, reference = simulate_nir(Path({str(tmp_path / "mixed.nir")!r}), options)
+        ds = to_dataset(result, Path("mixed.nir"), options, reference)
+        assert reference is None and ds.logits.shape == (1, 4)
+        loaded = [m for m in ("torch", "brian2cuda") if m in sys.modules]
+        assert not loaded, f"sim imported {{loaded}}"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
