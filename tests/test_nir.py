@@ -79,6 +79,13 @@ def test_cli_export_and_sim_of_a_trained_twin_agree_with_pytorch_and_the_project
     ds = xr.open_dataset(run / "sim_model" / "sim.nc")
     assert ds.attrs["dt_s"] == DT and int(ds.compared_layers) == len(ds.layer) > 0
     assert float(ds.spike_agreement.min()) == 1.0 and float(ds.class_agreement) == 1.0
+    alone = tmp_path / "alone"  # without its reference: the CIFAR-10 test images, normalised as the metadata says
+    alone.mkdir()
+    shutil.copy(run / "model.nir", alone / "model.nir")
+    assert main(["sim", str(alone / "model.nir"), "--images", "4", *data]) == 0
+    cifar = xr.open_dataset(alone / "sim_model" / "sim.nc")
+    assert "spike_agreement" not in cifar and np.array_equal(cifar.logits.values, ds.logits.values)
+    assert np.array_equal(cifar.label.values, ds.label.values)
     assert main(["export", str(run), "--images", "4", *data]) == 0
     assert main(["sim", str(run)]) == 0
     own = xr.open_dataset(run / "sim" / "sim.nc")
