@@ -210,6 +210,37 @@ def test_norse_export_simulates_in_brian2_spike_for_spike():
         assert 0.0 < spikes.mean() < 1.0, f"layer {k} must fire for the comparison to mean something"
 
 
+def test_snntorch_imports_the_exported_zero_reset_twin(tmp_path):
+    """The other direction: snnTorch's own import_from_nir reads the twin's graph (reset to zero, a plain LIF
+    chain) and its float32 forward gives the float64 PyTorch logits to float32 precision."""
+    import torch
+    from snntorch.import_nir import import_from_nir
+
+    from training.export import build_export, model_arrays
+    from training.models import build_model
+
+    cfg = make_config("smoke", mode="stbp", flex=False, overrides=["model.beta=0.9", "model.reset=zero"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.bias.uniform_(0.3, 0.9)
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    _, arrays = build_export(model, cfg, images, np.zeros(2, dtype=np.int64))
+    nir.write(tmp_path / "twin.nir", nir_graph(*model_arrays(model), cfg))
+    x = torch.from_numpy(normalise(images, {"input_mean": arrays["input.mean"], "input_std": arrays["input.std"]}))
+    logits = []
+    for i in range(len(images)):  # one image at a time: snnTorch maps NIR's Flatten(0) to one over the batch too
+        net, state, scores = import_from_nir(nir.read(tmp_path / "twin.nir")), None, []
+        with torch.no_grad():
+            for _ in range(cfg.model.steps):
+                out, state = net(x[i:i + 1].float(), state) if state is not None else net(x[i:i + 1].float())
+                scores.append(out.reshape(-1).double())
+        logits.append(torch.stack(scores).mean(0).numpy())
+    np.testing.assert_allclose(np.array(logits), arrays["ref.logits"], rtol=0, atol=1e-5)
+
+
 # --- the importer's updates against docs/nir.md ------------------------------------------------------------------
 
 def _mixed_graph(rng: np.random.Generator):
