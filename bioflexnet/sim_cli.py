@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reference images to simulate, the first N of the export's (default: all of them)")
     p.add_argument("--plasticity", action=argparse.BooleanOptionalAction, default=False,
                    help="run the online mask plasticity (default off: the fidelity check needs it off)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/sim)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default RUN_DIR/sim; for a graph X.nir: sim_X beside it)")
     p.add_argument("--substeps", type=int, default=None,
                    help="biophysical mode: ticks K per PyTorch step, dt = step / K (default: the K the network was "
                         "trained at, recorded in the export)")
