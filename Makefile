@@ -8,6 +8,9 @@ DATA   ?= $(or $(BIOFLEXNET_DATA_DIR),data)
 STAMP   = $(VENV)/.installed
 # CPU wheel of torch (on disk on this project's machines; any torch >= 2.2 works elsewhere)
 TORCH_SPEC ?= torch==2.13.0
+# snnTorch and Norse export NIR graphs that tests/test_nir.py simulates in Brian2 (nirtorch traces their modules).
+# --no-deps: Norse declares torchvision, which would replace the CPU torch; snnTorch and nirtorch need only torch + nir.
+NIR_PEERS ?= snntorch==1.0.0 nirtorch==2.6 norse==1.1.0
 
 export BIOFLEXNET_DATA_DIR := $(abspath $(DATA))
 
@@ -19,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q "torch>=2.2"
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps $(NIR_PEERS) || echo "NIR peers could not be installed; their round-trip tests fail or skip"
 	touch $(STAMP)
 
 install: $(STAMP)

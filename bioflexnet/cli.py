@@ -199,7 +199,11 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                        description="Fold batch-norm, write weights, LIF and mask parameters and a float64 PyTorch "
                                    "reference on the first N test images to one .npz file (see sim/).")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="file to write (default RUN_DIR/export.npz)")
+    p.add_argument("--format", choices=["npz", "nir"], default="npz",
+                   help="npz: this project's export for `bioflexnet sim` (default); nir: a NIR graph (model.nir, "
+                        "the VGG twin only; docs/nir.md) with its PyTorch reference beside it (model.reference.npz)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file to write (default RUN_DIR/export.npz, or RUN_DIR/model.nir with --format nir)")
     p.add_argument("--images", type=positive_int, default=128,
                    help="reference test images stored with their PyTorch spikes (default 128)")
     p.add_argument("--data-dir", type=Path, default=None)
@@ -208,6 +212,15 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from core.validate import output_file
+
+    if args.format == "nir":
+        from training.nir_export import NIR_FILE, export_nir
+
+        output_file(args.out or Path(args.run_dir) / NIR_FILE)
+        path = export_nir(args.run_dir, args.out, args.images, args.data_dir)
+        print(f"{args.run_dir}: exported to {path} ({path.stat().st_size / 1e6:.1f} MB, NIR graph) and "
+              f"{path.with_suffix('.reference.npz')} ({args.images} reference images)")
+        return
     from training.export import EXPORT_FILE, export_run
 
     output_file(args.out or Path(args.run_dir) / EXPORT_FILE)  # before the export's work

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Build a Brian2 network of LIF neurons from RUN_DIR/export.npz (write it with "
                                    "`bioflexnet export RUN_DIR`), present the export's reference test images and "
                                    "write spikes, mask trajectories and fidelity figures to OUT/sim.nc.")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory holding export.npz, or an .npz file")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="run directory holding export.npz, an .npz file, or a NIR graph (.nir file)")
     p.add_argument("--device", choices=["runtime", "cpp_standalone", "cuda_standalone"], default="runtime")
     p.add_argument("--mode", choices=["exact", "biophysical"], default=None,
                    help="exact: one tick per PyTorch step, the same discrete update; biophysical: continuous-time "
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reference images to simulate, the first N of the export's (default: all of them)")
     p.add_argument("--plasticity", action=argparse.BooleanOptionalAction, default=False,
                    help="run the online mask plasticity (default off: the fidelity check needs it off)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/sim)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default RUN_DIR/sim; for a graph X.nir: sim_X beside it)")
     p.add_argument("--ticks", type=int, default=None,
                    help="biophysical mode: ticks K per PyTorch step, dt = step / K (default: the K the network was "
                         "trained at, model.ticks, recorded in the export)")
@@ -64,7 +66,49 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "for the chosen mode and exit without simulating")
     p.add_argument("--no-spikes", dest="keep_spikes", action="store_false",
                    help="leave the full spike arrays out of sim.nc (the fidelity figures are kept)")
+    nir = p.add_argument_group("NIR graphs (RUN_DIR is a .nir file; docs/nir.md)")
+    nir.add_argument("--dt", type=finite_float(positive=True), default=None,
+                     help="time step in seconds (default: the graph's metadata 'dt'; snnTorch graphs: 1e-4)")
+    nir.add_argument("--steps", type=int, default=None,
+                     help="ticks per sample (default: the graph's metadata 'steps', or the --inputs file's T)")
+    nir.add_argument("--inputs", type=Path, default=None,
+                     help="samples as .npy [N, T, *input shape] or .npz with 'inputs' (and 'labels'); default: "
+                          "the reference beside the graph, else CIFAR-10 test images for a 3x32x32 input")
+    nir.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 directory (default $BIOFLEXNET_DATA_DIR)")
     p.set_defaults(func=cmd_sim)
+
+
+# options of an export's simulation that a NIR graph does not have (flag -> its default)
+_EXPORT_ONLY = {"mode": None, "plasticity": False, "ticks": None, "synapse": "delta", "tau_m_ms": None,
+                "v_rest_mv": None, "v_threshold_mv": None, "refractory_ms": None, "fresh_poisson": False,
+                "print_model": False, "build_only": False}
+_NIR_ONLY = {"dt": None, "steps": None, "inputs": None, "data_dir": None}
+
+
+def cmd_sim_nir(args: argparse.Namespace) -> None:
+    """``bioflexnet sim MODEL.nir``: any NIR graph in Brian2 (:mod:`sim.nir_sim`)."""
+    from core.errors import CLIError
+    from core.results import write_dataset
+    from sim.nir_sim import NIROptions, simulate_nir, summary, to_dataset
+
+    given = [f"--{k.replace('_', '-')}" for k, default in _EXPORT_ONLY.items() if getattr(args, k) != default]
+    if given:
+        raise CLIError(f"{', '.join(given)} only apply to an export (.npz) of this project; a NIR graph is "
+                       "simulated tick by tick with its own dt (see --dt, --steps, --inputs).")
+    out = args.out or args.run_dir.parent / f"sim_{args.run_dir.stem}"
+    output_dir(out)
+    if args.build_dir is not None:
+        output_dir(args.build_dir, "--build-dir")
+    options = NIROptions(n_images=args.images, steps=args.steps, dt=args.dt, inputs=args.inputs,
+                         data_dir=args.data_dir, device=args.device,
+                         build_dir=args.build_dir or out / f"build_{args.device}")
+    result, reference = simulate_nir(args.run_dir, options)
+    ds = to_dataset(result, args.run_dir, options, reference)
+    if not args.keep_spikes:
+        ds = ds.drop_vars([v for v in ds.data_vars if v.startswith("spikes_")])
+    write_dataset(ds, out / RESULT_FILE)
+    print(summary(ds))
+    print(f"written to {out / RESULT_FILE}")
 
 
 def cmd_sim(args: argparse.Namespace) -> None:
@@ -72,6 +116,14 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
     # brian2 imports setuptools' MSVC helper, which warns on every Linux run; not actionable for users
     warnings.filterwarnings("ignore", message="_get_vc_env is private", category=UserWarning)
+    if args.run_dir.suffix == ".nir":
+        return cmd_sim_nir(args)
+    given = [f"--{k.replace('_', '-')}" for k, default in _NIR_ONLY.items() if getattr(args, k) != default]
+    if given:
+        from core.errors import CLIError
+
+        raise CLIError(f"{', '.join(given)} only apply to a NIR graph (a .nir file); an export runs its own steps "
+                       "on its reference images.")
     from core.export_format import read_export
     from core.results import write_dataset
     from sim.results import to_dataset
