@@ -103,12 +103,34 @@ def test_fgsm_and_pgd_agree_with_art(analysis_runs, batch, which):
         assert abs(accuracy(model, ours[name], y) - accuracy(model, ref, y)) <= 1 / N
 
 
-def test_transfer_attack_from_the_ann_twin_hurts_the_snn(snn, ann, batch):
-    x, y = batch
+def test_transfer_attack_is_crafted_on_the_ann_twin_and_evaluated_on_the_snn(snn, ann, cifar_dir):
+    """What the transfer attack guarantees, not how much a 5-step transfer hurts one pair of smoke models
+    (0.30 -> 0.29 on one machine, 0.30 -> 0.20 on another: how well a perturbation transfers is a finding).
+
+    The perturbation is PGD's last iterate on the ANN twin with the sweep's seed, inside the ε-ball; it
+    breaks the twin it was computed on (white-box, far from any threshold); and the sweep scores exactly
+    these images on the SNN.
+    """
+    from analysis.robustness import sweep
+    from analysis.settings import AttackSettings
+
+    split, _ = select_images(load_split("test", cifar_dir), N)
+    x, y = to_float(split.images), split.labels
     eps = 8 / 255
-    adv = pgd(ann, x, y, eps, steps=5, step_size=eps / 4, random_start=True, generator=torch.Generator().manual_seed(0))
-    assert float((adv - x).abs().max()) <= eps + 1e-6
-    assert accuracy(snn, adv, y) < accuracy(snn, x, y) - 0.05
+    settings = AttackSettings(attacks=("transfer",), n_images=N, batch_size=N, n_epsilons=2, pgd_max=eps,
+                              pgd_steps=5, seed=0)
+    correct, clean, _ = sweep(snn, split, settings, twin=ann)
+
+    keep = torch.from_numpy(np.flatnonzero(clean))
+    adv = pgd_iterates(gradient_model(ann)[0], x[keep], y[keep], eps, steps=5, step_size=eps / 4,
+                       random_start=True, generator=torch.Generator().manual_seed(0)).last
+    assert float((adv - x[keep]).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert float((adv - x[keep]).abs().max()) > eps / 2  # a perturbation, not the identity
+    assert accuracy(ann, adv, y[keep]) <= 0.5 * accuracy(ann, x[keep], y[keep])  # it breaks its own source
+    with torch.no_grad():
+        on_snn = (snn(adv).argmax(1) == y[keep]).numpy()
+    assert clean.sum() > 0 and np.array_equal(correct[0, 1, clean], on_snn)  # the SNN is scored on them
+    assert correct[0, 0, clean].all()  # ε = 0: every clean-correct image stays correct
 
 
 class NoBackward(torch.autograd.Function):
