@@ -49,9 +49,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.data import resolve_data_dir
+    from training.data import require_data, resolve_data_dir
     from training.devices import torch_device
-    from training.runs import CHECKPOINT, run_config
+    from training.runs import CHECKPOINT, init_state, run_config
     from training.trainer import train_run
 
     output_dir(args.out)
@@ -77,14 +77,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = make_config(args.profile or "quick", arch=args.model, mode=args.mode,
                           flex=True if args.flex is None else args.flex,
                           seed=0 if args.seed is None else args.seed, overrides=args.overrides)
-    resume = args.resume
-    if args.proceed and not args.resume and (args.out / CHECKPOINT).is_file():
-        resume = _continue(args.out, cfg)
-    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=resume)
+    if cfg.train.init_from:  # before the data is loaded or the run directory is made
+        init_state(cfg.train.init_from, cfg.model)
+    decide = None
+    if args.proceed and not args.resume:
+        def decide() -> bool:  # under the run's lock: nothing is moved before everything is checked
+            require_data(args.data_dir)
+            return (args.out / CHECKPOINT).is_file() and _continue(args.out, cfg)
+    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=args.resume, decide=decide)
 
 
 def _continue(run_dir: Path, cfg) -> bool:
-    """``train --continue``: True to resume; else the old checkpoint is set aside and the run starts afresh."""
+    """``train --continue``: True to resume; else the old checkpoint is set aside and the run starts afresh.
+
+    A checkpoint that does not load never replaces a backup that does: it is kept as
+    ``checkpoint.unreadable.pt`` and ``checkpoint.previous.pt`` stays as it was.
+    """
     from training.runs import CHECKPOINT, RunDirError, load_checkpoint, run_config
 
     try:
@@ -97,9 +105,9 @@ def _continue(run_dir: Path, cfg) -> bool:
         return True
     why = "its config differs" if state is not None and not same else \
         "it is finished, and the code or its inputs changed since" if state is not None else "it cannot be read"
-    old = run_dir / CHECKPOINT
-    old.replace(run_dir / "checkpoint.previous.pt")
-    print(f"{run_dir}: training afresh ({why}); the old checkpoint is kept as checkpoint.previous.pt", flush=True)
+    kept = "checkpoint.previous.pt" if state is not None else "checkpoint.unreadable.pt"
+    (run_dir / CHECKPOINT).replace(run_dir / kept)
+    print(f"{run_dir}: training afresh ({why}); the old checkpoint is kept as {kept}", flush=True)
     return False
 
 
@@ -160,6 +168,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from core.runlock import RunLock, describe_takeover, remove_stale_temps
 
     root = args.out or Path("runs") / args.profile
+    data_dir = None
     if args.dry_run:
         device = "cpu" if args.device == "auto" else args.device
     else:
@@ -167,12 +176,13 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         from training.devices import torch_device
 
         output_dir(root)
-        resolve_data_dir(args.data_dir)
+        # once, here: the jobs run inside ROOT, where a relative path would name another folder
+        data_dir = resolve_data_dir(args.data_dir).absolute()
         device = torch_device(args.device)
     try:
         plan = Plan(profile=args.profile, seeds=tuple(args.seeds), ablations=args.ablations,
                     overrides=tuple(args.overrides), device=device, brian_device=brian_device(device),
-                    data_dir=str(args.data_dir.resolve()) if args.data_dir else None,
+                    data_dir=str(args.data_dir.absolute()) if args.data_dir else None,
                     **({"cores": args.jobs} if args.jobs else {}))
     except ValueError as exc:  # ConfigError (a UserError) passes through; a bad seed list lands here
         raise CLIError(str(exc)) from None
@@ -180,18 +190,19 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     if args.dry_run:
         rc = reproduce(plan, root, dry_run=True, extra=args.snakemake, **cluster)
     else:
-        # one reproduce per root (Snakemake also locks it; each training locks its own run directory)
+        # one reproduce per root (Snakemake also locks it; each training locks its own run directory).
+        # Snakemake inherits the lock, so it stays held while Snakemake lives, even if this process dies.
         with RunLock(root) as lock:
             notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
                                                  "interrupted write" for d in (root, root / "figures")
                                                  for p in remove_stale_temps(d)]
             for line in filter(None, notes):
                 print(line, flush=True)
-            rc = reproduce(plan, root, extra=args.snakemake, **cluster)
+            rc = reproduce(plan, root, extra=args.snakemake, data_dir=data_dir, pass_fds=[lock.fileno()], **cluster)
     if rc != 0:
-        raise CLIError(f"the workflow stopped (snakemake exit {rc}); the failed job's log is printed above and "
-                       f"kept in its run directory under {root}. Fix the cause and run the same command again: "
-                       "finished jobs are reused.")
+        raise CLIError(f"the workflow stopped (snakemake exit {rc}); Snakemake's message is printed above (and a "
+                       f"failed job's log is kept in its run directory under {root}). Fix the cause and run the "
+                       "same command again: finished jobs are reused.")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -264,6 +275,15 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _train_hint(args: argparse.Namespace) -> str:
+    """How to go on after an interrupted ``train``: --resume only once an epoch has finished."""
+    from training.runs import CHECKPOINT
+
+    if args.proceed or (Path(args.out) / CHECKPOINT).is_file():
+        return " (continue with the same command" + ("" if args.proceed or args.resume else " and --resume") + ")"
+    return " (no epoch had finished, so there is no checkpoint to resume: run the same command again)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="bioflexnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
@@ -287,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        hint = " (continue with --resume)" if args.command == "train" else \
+        hint = _train_hint(args) if args.command == "train" else \
             " (run it again: finished stages are reused)" if args.command == "reproduce" else ""
         print(f"bioflexnet {args.command}: interrupted; files written so far are complete{hint}.", file=sys.stderr)
         return 130
