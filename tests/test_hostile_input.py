@@ -424,3 +424,101 @@ def test_continue_resumes_an_unfinished_run_and_restarts_a_changed_one(tiny, tmp
     assert rc == 0 and "training afresh (its config differs)" in out.out
     assert (target / "checkpoint.previous.pt").read_bytes() == before
     assert torch.load(target / "checkpoint.pt", weights_only=False)["config"]["train"]["lr"] == 0.05
+
+
+# --- issue 22: `train --continue` checks everything before it moves a file -----------------------------------
+
+def test_continue_with_a_second_writer_moves_nothing(tiny, tmp_path, capsys):
+    data, run = tiny
+    target = _copy_run(run, tmp_path)
+    before = (target / "checkpoint.pt").read_bytes()
+    with RunLock(target, "the live run"):
+        rc, out = _run(capsys, "train", *TINY, "--set", "train.lr=0.05", "--out", target, "--data-dir", data,
+                       "--continue")
+    assert rc == 2 and "training afresh" not in out.out
+    _one_line_error(out, "the live run")
+    assert (target / "checkpoint.pt").read_bytes() == before and not (target / "checkpoint.previous.pt").exists()
+
+
+def test_continue_never_replaces_a_good_backup_with_a_corrupt_checkpoint(tiny, tmp_path, capsys):
+    data, run = tiny
+    target = _copy_run(run, tmp_path)
+    good = (target / "checkpoint.pt").read_bytes()
+    (target / "checkpoint.previous.pt").write_bytes(good)
+    (target / "checkpoint.pt").write_bytes(good[:100])  # truncated
+    # the data is missing: refused before any file is moved
+    rc, out = _run(capsys, "train", *TINY, "--out", target, "--data-dir", tmp_path / "no-data", "--continue")
+    assert rc == 2 and "training afresh" not in out.out
+    assert (target / "checkpoint.pt").read_bytes() == good[:100]
+    assert (target / "checkpoint.previous.pt").read_bytes() == good
+    # with the data: trained afresh; the unreadable file is kept apart, the good backup untouched
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cifar.urllib.request, "urlopen", _no_network)
+        rc, out = _run(capsys, "train", *TINY, "--out", target, "--data-dir", data, "--continue")
+    assert rc == 0 and "training afresh (it cannot be read)" in out.out and "checkpoint.unreadable.pt" in out.out
+    assert (target / "checkpoint.previous.pt").read_bytes() == good
+    assert (target / "checkpoint.unreadable.pt").read_bytes() == good[:100]
+    assert (target / "checkpoint.pt").stat().st_size > 1000
+
+
+def _no_network(*args, **kwargs):
+    raise cifar.urllib.error.URLError("no network in this test")
+
+
+def test_init_from_a_missing_run_fails_before_any_work(tmp_path, capsys):
+    out_dir = tmp_path / "r"
+    rc, out = _run(capsys, "train", *TINY, "--out", out_dir, "--init-from", tmp_path / "nope",
+                   "--data-dir", tmp_path / "no-data")  # the data would fail later: the init-from is checked first
+    assert rc == 2 and not out_dir.exists()
+    _one_line_error(out, "train.init_from=", "does not exist")
+
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_advise_resume(tmp_path, capsys, monkeypatch):
+    from training import trainer
+
+    def interrupted(cfg, run_dir, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_run", interrupted)
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / "r", "--data-dir", tmp_path)
+    assert rc == 130 and "--resume" not in out.err and "no checkpoint to resume" in out.err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"x")
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / "r", "--data-dir", tmp_path)
+    assert rc == 130 and "--resume" in out.err
+
+
+# --- issue 22: the data directory -----------------------------------------------------------------------------
+
+def test_an_empty_data_variable_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIOFLEXNET_DATA_DIR", "")
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / "r")
+    assert rc == 2 and not (tmp_path / "r").exists()
+    _one_line_error(out, "BIOFLEXNET_DATA_DIR is empty")
+
+
+def test_a_failed_download_leaves_no_data_folder(tiny, tmp_path, capsys, monkeypatch):
+    _, run = tiny
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BIOFLEXNET_DATA_DIR", raising=False)
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", _no_network)
+    rc, out = _run(capsys, "evaluate", run)
+    assert rc == 2 and not (tmp_path / "data").exists()
+    _one_line_error(out, "download failed")
+
+
+def test_reproduce_passes_the_data_dir_to_every_job_as_an_absolute_path(cifar_dir, tmp_path, capsys, monkeypatch):
+    from bioflexnet import reproduce as rep
+
+    seen = {}
+
+    def fake_snakemake(cmd, env, pass_fds=()):
+        seen.update(env=env, cmd=cmd)
+        return 0
+
+    monkeypatch.setattr(rep, "run_interruptible", fake_snakemake)
+    (tmp_path / "data").symlink_to(Path(cifar_dir).resolve())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BIOFLEXNET_DATA_DIR", "data")  # relative: the jobs run inside ROOT, elsewhere
+    rc, _ = _run(capsys, "reproduce", "--profile", "smoke", "--out", "root", "--device", "cpu")
+    assert rc == 0 and seen["env"]["BIOFLEXNET_DATA_DIR"] == str(tmp_path / "data")
