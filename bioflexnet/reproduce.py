@@ -104,16 +104,23 @@ def run_interruptible(cmd: Sequence[str], env: dict[str, str], pass_fds: Sequenc
     """Run ``cmd`` in its own process group; pass Ctrl-C / SIGTERM on to it once and wait for it to stop.
 
     Returns its exit status; raises KeyboardInterrupt after an interrupted run has stopped cleanly.
+    The handlers are installed before the child starts: a signal this process ignored (SIGINT in a
+    background job of a script) would otherwise be ignored by Snakemake and its jobs too, while a
+    handled one is reset to the default in the child.
     """
-    proc = subprocess.Popen(cmd, env=env, process_group=0, pass_fds=tuple(pass_fds))
+    proc: subprocess.Popen | None = None
     received: list[int] = []
+
+    def stop() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: Snakemake stops its jobs
+        except ProcessLookupError:
+            pass
 
     def forward(signum, _frame):
         if not received:
-            try:
-                os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: Snakemake stops its jobs
-            except ProcessLookupError:
-                pass
+            if proc is not None:
+                stop()
             print(f"reproduce: {signal.Signals(signum).name} received; stopping the workflow and waiting for "
                   "Snakemake to release its lock ...", file=sys.stderr, flush=True)
         received.append(signum)
@@ -121,12 +128,10 @@ def run_interruptible(cmd: Sequence[str], env: dict[str, str], pass_fds: Sequenc
     main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # a signal between the handler's install and the wait: keep waiting
-                continue
+        proc = subprocess.Popen(cmd, env=env, process_group=0, pass_fds=tuple(pass_fds))
+        if received:  # a signal came while it started
+            stop()
+        rc = proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -23,18 +23,22 @@ from core.runlock import LockHeld, RunLock
 CHILD = textwrap.dedent("""
     import pathlib, signal, sys, time
     got = []
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     signal.signal(signal.SIGINT, lambda *a: got.append(1))
     pathlib.Path(sys.argv[1]).write_text("ready")
     while not got:
         time.sleep(0.01)
     time.sleep(1.0)  # stopping takes a while (Snakemake stops its jobs, then releases its lock)
-    pathlib.Path(sys.argv[2]).write_text(str(len(got)))
+    pathlib.Path(sys.argv[2]).write_text(f"{len(got)} {ignored}")
     sys.exit(130)
 """)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_is_passed_on_once_and_the_workflow_is_waited_for(sig, tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_a_signal_is_passed_on_once_and_the_workflow_is_waited_for(sig, background, tmp_path):
+    """``background``: started from a script's background job, where SIGINT is ignored: Snakemake must
+    still not inherit the ignoring, or it would never stop."""
     ready, done = tmp_path / "ready", tmp_path / "done"
 
     def interrupt():
@@ -44,13 +48,17 @@ def test_a_signal_is_passed_on_once_and_the_workflow_is_waited_for(sig, tmp_path
             os.kill(os.getpid(), sig)
             time.sleep(0.1)
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run_interruptible([sys.executable, "-c", CHILD, str(ready), str(done)], dict(os.environ))
-    assert done.read_text() == "1"  # it finished stopping, and got SIGINT exactly once
-    assert time.monotonic() - t0 >= 1.0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if background else signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_interruptible([sys.executable, "-c", CHILD, str(ready), str(done)], dict(os.environ))
+        assert done.read_text() == "1 False"  # it finished stopping, got SIGINT exactly once, did not ignore it
+        assert time.monotonic() - t0 >= 1.0
+        assert signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if background else signal.default_int_handler)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_stale_snakemake_lock_is_removed_saying_so(tmp_path, cifar_dir, capfd):
