@@ -8,6 +8,8 @@ and ``bioflexnet sim`` never load torch.
 from __future__ import annotations
 
 import argparse
+import errno
+import re
 import sys
 from pathlib import Path
 
@@ -141,8 +143,9 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                                    "code changed run again.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
-    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0],
-                   help="training seeds; claims need >= 3 (paired FLEX - VGG intervals over seeds)")
+    p.add_argument("--seeds", type=seed_int, nargs="+", action="extend", default=None,
+                   help="training seeds (default 0; repeating --seeds adds to them); claims need >= 3 (paired "
+                        "FLEX - VGG intervals over seeds)")
     p.add_argument("--ablations", action="store_true",
                    help="also train the ablations (lambda = 0, mask = 1, no 3x3 pool path, down-sampling neurons "
                         "off, classic max-pool VGG) in stbp mode for every seed; table in ROOT/ablations.md")
@@ -165,6 +168,7 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from bioflexnet.plan import Plan
     from bioflexnet.reproduce import brian_device, reproduce
+    from core.results import no_space
     from core.runlock import RunLock, describe_takeover, remove_stale_temps
 
     root = args.out or Path("runs") / args.profile
@@ -180,7 +184,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         data_dir = resolve_data_dir(args.data_dir).absolute()
         device = torch_device(args.device)
     try:
-        plan = Plan(profile=args.profile, seeds=tuple(args.seeds), ablations=args.ablations,
+        plan = Plan(profile=args.profile, seeds=tuple(args.seeds or [0]), ablations=args.ablations,
                     overrides=tuple(args.overrides), device=device, brian_device=brian_device(device),
                     data_dir=str(args.data_dir.absolute()) if args.data_dir else None,
                     **({"cores": args.jobs} if args.jobs else {}))
@@ -199,6 +203,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             for line in filter(None, notes):
                 print(line, flush=True)
             rc = reproduce(plan, root, extra=args.snakemake, data_dir=data_dir, pass_fds=[lock.fileno()], **cluster)
+    if rc != 0 and no_space(root):
+        raise CLIError(f"the workflow stopped (snakemake exit {rc}): no space left on device under {root}; free "
+                       "some space and run the same command again: finished jobs are reused.")
     if rc != 0:
         raise CLIError(f"the workflow stopped (snakemake exit {rc}); Snakemake's message is printed above (and a "
                        f"failed job's log is kept in its run directory under {root}). Fix the cause and run the "
@@ -271,6 +278,12 @@ def cmd_figures(args: argparse.Namespace) -> None:
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line (what was wrong and where to look), exit code 2, like every user error."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "-1/255" is a (negative) value, not an option: its type then says what is wrong with it,
+        # rather than argparse's "expected one argument"
+        self._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+)([eE][-+]?\d+)?(/\d*\.?\d+)?$")
+
     def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
@@ -305,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as exc:
         print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"bioflexnet {args.command}: error: no space left on device ({exc.strerror}: {exc.filename}); free "
+              "some space and run the same command again.", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         hint = _train_hint(args) if args.command == "train" else \
