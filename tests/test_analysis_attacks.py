@@ -61,12 +61,14 @@ def test_accuracy_falls_monotonically_with_epsilon(snn, batch, attack):
                pgd(snn, x, y, e, steps=5, step_size=e / 4, random_start=False))
         assert float((adv - x).abs().max()) <= e + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         acc.append(accuracy(snn, adv, y))
-    assert acc[0] > 0.2  # a trained model, well above chance
-    # PGD: at most one image of noise. FGSM is one linearised step, not monotone in eps on a spiking net
-    # (a larger step can jump past the adversarial region): seen up to 3 images of 96 on a twin smoke model.
-    slack = 1 / N if attack == "pgd" else 0.05
+    # Bounds far from what smoke models do (issue 22: seeds 0 and 1 x 1 and 2 threads) and from what a
+    # broken attack does. Clean: 0.27-0.33 (chance 0.1). Neither attack is monotone in eps on a spiking net
+    # (a larger step can jump past the adversarial region): rises of up to 1 image (PGD) and 3 images (FGSM)
+    # of 96 seen. At 8/255, PGD keeps 3-38 % of the clean accuracy and FGSM 14-46 %; a broken attack ~100 %.
+    assert acc[0] > 0.15  # a trained model, above chance
+    slack = 3 / N if attack == "pgd" else 6 / N
     assert all(b <= a + slack + 1e-6 for a, b in zip(acc, acc[1:])), acc
-    assert acc[-1] <= 0.5 * acc[0], acc  # 8/255 at least halves a smoke model's accuracy
+    assert acc[-1] <= (0.6 if attack == "pgd" else 0.75) * acc[0], acc
 
 
 def test_ann_reaches_chance_at_large_epsilon(ann, batch):
@@ -215,8 +217,9 @@ def test_apgd_stays_in_the_ball_and_beats_last_iterate_pgd(snn, batch, loss):
     assert float((adv - x).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     last = pgd(snn, x, y, eps, steps=10, step_size=eps / 4, random_start=True,
                generator=torch.Generator().manual_seed(0))
-    assert accuracy(snn, adv, y) <= accuracy(snn, last, y) + 1 / N
-    assert accuracy(snn, adv, y) < accuracy(snn, x, y) - 0.1
+    assert accuracy(snn, adv, y) <= accuracy(snn, last, y) + 1 / N  # ours 3-10 images stronger (issue 22)
+    # it attacks: 2/255 keeps 14-54 % of a smoke model's clean accuracy (seeds 0, 1 x 1, 2 threads)
+    assert accuracy(snn, adv, y) <= 0.75 * accuracy(snn, x, y)
 
 
 @pytest.mark.parametrize("which", ["vgg-ann", "vgg-stbp"])

@@ -616,3 +616,20 @@ def test_a_deeply_nested_export_header_is_refused_in_one_line(tmp_path, capsys):
     rc, out = _run(capsys, "sim", path.parent, "--images", "1")
     assert rc == 2
     _one_line_error(out, "nests too deeply")
+
+
+def test_reproduce_on_a_full_disk_says_so(cifar_dir, tmp_path, capsys, monkeypatch):
+    """Snakemake itself failing for space (its bookkeeping under ROOT/.snakemake) is named, not blamed on a job."""
+    from bioflexnet import reproduce as rep
+    from core import results
+
+    def full(cmd, env, pass_fds=()):
+        monkeypatch.setattr(results.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+        return 1
+
+    monkeypatch.setattr(rep, "run_interruptible", full)
+    root = tmp_path / "root"
+    rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", cifar_dir,
+                   "--device", "cpu")
+    assert rc == 2 and "job's log" not in out.err
+    _one_line_error(out, f"no space left on device under {root}")
