@@ -186,7 +186,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     try:
         plan = Plan(profile=args.profile, seeds=tuple(args.seeds or [0]), ablations=args.ablations,
                     overrides=tuple(args.overrides), device=device, brian_device=brian_device(device),
-                    data_dir=str(args.data_dir.absolute()) if args.data_dir else None,
+                    data_dir=str(args.data_dir.resolve()) if args.data_dir else None,
                     **({"cores": args.jobs} if args.jobs else {}))
     except ValueError as exc:  # ConfigError (a UserError) passes through; a bad seed list lands here
         raise CLIError(str(exc)) from None
