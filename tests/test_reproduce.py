@@ -168,7 +168,7 @@ def test_the_slurm_profile_dry_run(tmp_path, capfd):
     assert "profiles/slurm" in out and "rule train:" in out
 
 
-def test_a_failed_combine_keeps_the_good_tables(smoke_root, capfd):
+def test_a_failed_combine_keeps_the_good_tables(smoke_root, cifar_dir, capfd):
     """A truncated run result: the combine step fails naming it with an absolute path, and the combined
     tables at ROOT are restored, not deleted (Snakemake deletes the outputs of a failed job)."""
     bad = smoke_root / "vgg-stbp" / "seed0" / "sparsity.nc"
@@ -177,7 +177,7 @@ def test_a_failed_combine_keeps_the_good_tables(smoke_root, capfd):
     tables = {n: (smoke_root / n).read_bytes() for n in ("robustness.nc", "sparsity.nc", "landscape.nc")}
     try:
         bad.write_bytes(saved.read_bytes()[:200])
-        assert main(["reproduce", "--profile", "smoke", "--out", str(smoke_root)]) == 2
+        assert main(["reproduce", "--profile", "smoke", "--out", str(smoke_root), "--data-dir", str(cifar_dir)]) == 2
         out = "".join(capfd.readouterr())
         assert f"result file {bad} is corrupt" in out and f"bioflexnet sparsity {bad.parent}" in out
         assert {n: (smoke_root / n).read_bytes() for n in tables} == tables
