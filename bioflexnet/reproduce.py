@@ -17,7 +17,8 @@ continues from its checkpoint. ``--dry-run`` lists the jobs and runs nothing.
 
 Interruptions: Snakemake runs in its own process group. Ctrl-C or SIGTERM to ``reproduce`` is passed on
 once, as SIGINT, to that group (Snakemake and its jobs), and ``reproduce`` waits until Snakemake has
-stopped the jobs and released its lock, so that the same command resumes. A run killed outright (kill -9,
+stopped the jobs and released its lock, so that the same command resumes (a third signal kills the group
+outright). A run killed outright (kill -9,
 a crash) leaves Snakemake's lock behind: the next ``reproduce`` on the root, once it holds the root's own
 lock (:class:`core.runlock.RunLock`, inherited by Snakemake, so held while any Snakemake of the root lives),
 knows that lock is stale, says so and removes it.
@@ -111,19 +112,21 @@ def run_interruptible(cmd: Sequence[str], env: dict[str, str], pass_fds: Sequenc
     proc: subprocess.Popen | None = None
     received: list[int] = []
 
-    def stop() -> None:
+    def stop(sig: int = signal.SIGINT) -> None:
         try:
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: Snakemake stops its jobs
+            os.killpg(proc.pid, sig)  # SIGINT is what Ctrl-C in a terminal sends: Snakemake stops its jobs
         except ProcessLookupError:
             pass
 
     def forward(signum, _frame):
-        if not received:
+        received.append(signum)
+        if len(received) == 1:
             if proc is not None:
                 stop()
             print(f"reproduce: {signal.Signals(signum).name} received; stopping the workflow and waiting for "
-                  "Snakemake to release its lock ...", file=sys.stderr, flush=True)
-        received.append(signum)
+                  "Snakemake to release its lock (a third Ctrl-C kills it) ...", file=sys.stderr, flush=True)
+        elif len(received) == 3 and proc is not None:  # the user insists: the next run clears the stale lock
+            stop(signal.SIGKILL)
 
     main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
@@ -146,7 +149,8 @@ def reproduce(plan: Plan, root: str | os.PathLike, *, dry_run: bool = False, clu
     """Run (or with ``dry_run`` list) the reproduction; returns Snakemake's exit status.
 
     ``data_dir`` (absolute) reaches every job as ``BIOFLEXNET_DATA_DIR``, since the jobs run inside ``root``;
-    ``pass_fds`` are inherited by Snakemake (the root's lock).
+    ``pass_fds`` are inherited by Snakemake (the root's lock). A real run (not ``dry_run``) must hold
+    ``root``'s :class:`core.runlock.RunLock`: it removes a Snakemake lock it finds as stale.
     """
     root = Path(root)
     cmd = snakemake_command(plan, root, dry_run=dry_run, cluster=cluster, cluster_profile=cluster_profile,

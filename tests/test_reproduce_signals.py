@@ -101,3 +101,22 @@ def test_the_root_stays_locked_while_a_snakemake_it_started_lives(tmp_path):
     time.sleep(0.2)
     with RunLock(root) as lock:  # the holder is gone: the lock is stale and taken over
         assert lock.took_over is not None
+
+
+def test_a_third_ctrl_c_kills_a_workflow_that_does_not_stop(tmp_path):
+    ready = tmp_path / "ready"
+    stubborn = ("import pathlib, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "pathlib.Path(sys.argv[1]).write_text('ready'); time.sleep(60)")
+
+    def insist():
+        while not ready.exists():
+            time.sleep(0.01)
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+
+    threading.Thread(target=insist, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible([sys.executable, "-c", stubborn, str(ready)], dict(os.environ))
+    assert time.monotonic() - t0 < 30
