@@ -60,6 +60,9 @@ def run_notebooks(root: str | os.PathLike, out_dir: str | os.PathLike | None = N
     for name in names:
         missing = [pat for pat in NOTEBOOKS[name] if not any(root.glob(pat))]
         if missing:
+            if only:  # asked for by name: its absence is an error, not a skip
+                raise NotebookError(f"notebook {name} needs {', '.join(missing)} under {root}, which has none; "
+                                    "run `bioflexnet reproduce` for that root first (or give the root that holds them).")
             print(f"figures: skipping {name}: no {', '.join(missing)} under {root}", flush=True)
             continue
         check_inputs(root, name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -145,7 +146,8 @@ class LandscapeSettings:
 
     def __post_init__(self) -> None:
         _check(self.grid >= 2, "grid", self.grid, "must be >= 2 (points per axis of the loss surface)")
-        _check(self.span > 0, "span", self.span, "must be > 0 (the grid covers [-span, span] along each direction)")
+        _check(math.isfinite(self.span) and self.span > 0, "span", self.span,
+               "must be a finite number > 0 (the grid covers [-span, span] along each direction)")
         _check(self.n_images >= 1, "n_images", self.n_images, "must be >= 1")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         _check(self.hessian_iterations >= 0, "hessian_iterations", self.hessian_iterations,

@@ -8,6 +8,8 @@ and ``bioflexnet sim`` never load torch.
 from __future__ import annotations
 
 import argparse
+import errno
+import re
 import sys
 from pathlib import Path
 
@@ -49,9 +51,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.data import resolve_data_dir
+    from training.data import require_data, resolve_data_dir
     from training.devices import torch_device
-    from training.runs import CHECKPOINT, run_config
+    from training.runs import CHECKPOINT, init_state, run_config
     from training.trainer import train_run
 
     output_dir(args.out)
@@ -77,14 +79,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = make_config(args.profile or "quick", arch=args.model, mode=args.mode,
                           flex=True if args.flex is None else args.flex,
                           seed=0 if args.seed is None else args.seed, overrides=args.overrides)
-    resume = args.resume
-    if args.proceed and not args.resume and (args.out / CHECKPOINT).is_file():
-        resume = _continue(args.out, cfg)
-    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=resume)
+    if cfg.train.init_from:  # before the data is loaded or the run directory is made
+        init_state(cfg.train.init_from, cfg.model)
+    decide = None
+    if args.proceed and not args.resume:
+        def decide() -> bool:  # under the run's lock: nothing is moved before everything is checked
+            require_data(args.data_dir)
+            return (args.out / CHECKPOINT).is_file() and _continue(args.out, cfg)
+    train_run(cfg, args.out, data_dir=args.data_dir, device=device, resume=args.resume, decide=decide)
 
 
 def _continue(run_dir: Path, cfg) -> bool:
-    """``train --continue``: True to resume; else the old checkpoint is set aside and the run starts afresh."""
+    """``train --continue``: True to resume; else the old checkpoint is set aside and the run starts afresh.
+
+    A checkpoint that does not load never replaces a backup that does: it is kept as
+    ``checkpoint.unreadable.pt`` and ``checkpoint.previous.pt`` stays as it was.
+    """
     from training.runs import CHECKPOINT, RunDirError, load_checkpoint, run_config
 
     try:
@@ -97,9 +107,9 @@ def _continue(run_dir: Path, cfg) -> bool:
         return True
     why = "its config differs" if state is not None and not same else \
         "it is finished, and the code or its inputs changed since" if state is not None else "it cannot be read"
-    old = run_dir / CHECKPOINT
-    old.replace(run_dir / "checkpoint.previous.pt")
-    print(f"{run_dir}: training afresh ({why}); the old checkpoint is kept as checkpoint.previous.pt", flush=True)
+    kept = "checkpoint.previous.pt" if state is not None else "checkpoint.unreadable.pt"
+    (run_dir / CHECKPOINT).replace(run_dir / kept)
+    print(f"{run_dir}: training afresh ({why}); the old checkpoint is kept as {kept}", flush=True)
     return False
 
 
@@ -133,8 +143,9 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                                    "code changed run again.")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--out", type=Path, default=None, help="root of the run directories (default runs/PROFILE)")
-    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0],
-                   help="training seeds; claims need >= 3 (paired FLEX - VGG intervals over seeds)")
+    p.add_argument("--seeds", type=seed_int, nargs="+", action="extend", default=None,
+                   help="training seeds (default 0; repeating --seeds adds to them); claims need >= 3 (paired "
+                        "FLEX - VGG intervals over seeds)")
     p.add_argument("--ablations", action="store_true",
                    help="also train the ablations (lambda = 0, mask = 1, no 3x3 pool path, down-sampling neurons "
                         "off, classic max-pool VGG) in stbp mode for every seed; table in ROOT/ablations.md")
@@ -157,9 +168,11 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from bioflexnet.plan import Plan
     from bioflexnet.reproduce import brian_device, reproduce
+    from core.results import no_space
     from core.runlock import RunLock, describe_takeover, remove_stale_temps
 
     root = args.out or Path("runs") / args.profile
+    data_dir = None
     if args.dry_run:
         device = "cpu" if args.device == "auto" else args.device
     else:
@@ -167,10 +180,11 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         from training.devices import torch_device
 
         output_dir(root)
-        resolve_data_dir(args.data_dir)
+        # once, here: the jobs run inside ROOT, where a relative path would name another folder
+        data_dir = resolve_data_dir(args.data_dir).absolute()
         device = torch_device(args.device)
     try:
-        plan = Plan(profile=args.profile, seeds=tuple(args.seeds), ablations=args.ablations,
+        plan = Plan(profile=args.profile, seeds=tuple(args.seeds or [0]), ablations=args.ablations,
                     overrides=tuple(args.overrides), device=device, brian_device=brian_device(device),
                     data_dir=str(args.data_dir.resolve()) if args.data_dir else None,
                     **({"cores": args.jobs} if args.jobs else {}))
@@ -180,18 +194,22 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     if args.dry_run:
         rc = reproduce(plan, root, dry_run=True, extra=args.snakemake, **cluster)
     else:
-        # one reproduce per root (Snakemake also locks it; each training locks its own run directory)
+        # one reproduce per root (Snakemake also locks it; each training locks its own run directory).
+        # Snakemake inherits the lock, so it stays held while Snakemake lives, even if this process dies.
         with RunLock(root) as lock:
             notes = [describe_takeover(lock)] + [f"{p.parent}: removed {p.name}, a temporary file left by an "
                                                  "interrupted write" for d in (root, root / "figures")
                                                  for p in remove_stale_temps(d)]
             for line in filter(None, notes):
                 print(line, flush=True)
-            rc = reproduce(plan, root, extra=args.snakemake, **cluster)
+            rc = reproduce(plan, root, extra=args.snakemake, data_dir=data_dir, pass_fds=[lock.fileno()], **cluster)
+    if rc != 0 and no_space(root):
+        raise CLIError(f"the workflow stopped (snakemake exit {rc}): no space left on device under {root}; free "
+                       "some space and run the same command again: finished jobs are reused.")
     if rc != 0:
-        raise CLIError(f"the workflow stopped (snakemake exit {rc}); the failed job's log is printed above and "
-                       f"kept in its run directory under {root}. Fix the cause and run the same command again: "
-                       "finished jobs are reused.")
+        raise CLIError(f"the workflow stopped (snakemake exit {rc}); Snakemake's message is printed above (and a "
+                       f"failed job's log is kept in its run directory under {root}). Fix the cause and run the "
+                       "same command again: finished jobs are reused.")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -273,8 +291,23 @@ def cmd_figures(args: argparse.Namespace) -> None:
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line (what was wrong and where to look), exit code 2, like every user error."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "-1/255" is a (negative) value, not an option: its type then says what is wrong with it,
+        # rather than argparse's "expected one argument"
+        self._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+)([eE][-+]?\d+)?(/\d*\.?\d+)?$")
+
     def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _train_hint(args: argparse.Namespace) -> str:
+    """How to go on after an interrupted ``train``: --resume only once an epoch has finished."""
+    from training.runs import CHECKPOINT
+
+    if args.proceed or (Path(args.out) / CHECKPOINT).is_file():
+        return " (continue with the same command" + ("" if args.proceed or args.resume else " and --resume") + ")"
+    return " (no epoch had finished, so there is no checkpoint to resume: run the same command again)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,8 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"bioflexnet {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"bioflexnet {args.command}: error: no space left on device ({exc.strerror}: {exc.filename}); free "
+              "some space and run the same command again.", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        hint = " (continue with --resume)" if args.command == "train" else \
+        hint = _train_hint(args) if args.command == "train" else \
             " (run it again: finished stages are reused)" if args.command == "reproduce" else ""
         print(f"bioflexnet {args.command}: interrupted; files written so far are complete{hint}.", file=sys.stderr)
         return 130

@@ -101,6 +101,9 @@ def family_of(flex: bool, downsample: Downsample) -> str:
     return next(f for f, (fl, ds) in FAMILIES.items() if fl == flex and (fl or ds is downsample))
 
 
+MIN_WIDTH = 1 / 16  # narrower, a VGG's 64-channel layers round to 1-3 channels and learn nothing (issue 22)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and neuron model.
@@ -152,7 +155,9 @@ class ModelConfig:
     ticks: int = 1  # K ticks per step: the time resolution of the LIF (docs/model.md, "Time")
 
     def __post_init__(self) -> None:
-        _check(0 < self.width <= 64, "model.width", self.width, "must be > 0 and <= 64 (1.0 = the paper's channel counts)")
+        _check(MIN_WIDTH <= self.width <= 64, "model.width", self.width,
+               f"must be > 0 and <= 64, and >= {MIN_WIDTH} so that the first layers keep >= 4 of their 64 channels "
+               "(1.0 = the paper's channel counts)")
         _check(1 <= self.time_steps <= 1000, "model.time_steps", self.time_steps, "must be >= 1 and <= 1000")
         _check(0.0 <= self.beta <= 1.0, "model.beta", self.beta, "is the membrane decay per step and must lie in [0, 1]")
         _check(self.theta > 0, "model.theta", self.theta, "is the firing threshold and must be > 0")

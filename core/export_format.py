@@ -270,6 +270,8 @@ def read_export(path: str | os.PathLike) -> Export:
         header = json.loads(str(arrays.pop("header")))
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: the header is not valid JSON ({exc}); export the run again.") from exc
+    except RecursionError:  # a crafted header of deeply nested arrays: no export nests more than a few levels
+        raise ExportError(f"{path}: the header nests too deeply to be an export's; export the run again.") from None
     export = validate(header, arrays, source=str(path))
     return Export(export.header, export.arrays, path)
 

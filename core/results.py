@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,28 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+LOW_SPACE = 1 << 20  # bytes: a write that failed with less than this free on its file system failed for space
+
+
+class DiskFull(UserError, OSError):
+    """A result could not be written because its file system is full (or the user's quota is spent)."""
+
+
+def no_space(directory: str | os.PathLike) -> bool:
+    """Whether the file system of ``directory`` (or of its nearest existing parent) is all but full."""
+    directory = Path(directory).absolute()
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return _free_bytes(directory) < LOW_SPACE
+
+
+def _free_bytes(directory: Path) -> float:
+    try:
+        return float(shutil.disk_usage(directory).free)
+    except OSError:
+        return math.inf
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
@@ -46,6 +71,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except Exception as exc:
+        free = _free_bytes(path.parent)  # before the partial file is removed and frees its space again
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < LOW_SPACE:
+            # torch.save and netCDF writers report a full disk as "file write failed" or an HDF5 error
+            raise DiskFull(f"no space left on device while writing {path} ({free / 1e6:.1f} MB free there; "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing was "
+                           "written and earlier results are intact: free some space and run the same command "
+                           "again.") from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -122,8 +122,21 @@ class RunLock:
         return not (owner and same_host and owner.get("pid") != os.getpid() and pid_alive(int(owner.get("pid", 0))))
 
     def _held_message(self) -> str:
-        return (f"{self.run_dir} is being written by {_describe(read_owner(self.path))}; wait for it to finish "
+        owner = read_owner(self.path)
+        pid = owner.get("pid")
+        if isinstance(pid, int) and owner.get("host") in (None, socket.gethostname()) and not pid_alive(pid):
+            # the recorded owner is gone, yet the kernel lock is held: by a process it started (Snakemake)
+            return (f"{self.run_dir} is still being written by a process that {_describe(owner)} started (that pid "
+                    f"is gone, the lock is held: `fuser {self.path}` names the holder); wait for it to finish "
+                    f"(or stop it), or choose another --out. (Lock file: {self.path}.)")
+        return (f"{self.run_dir} is being written by {_describe(owner)}; wait for it to finish "
                 f"(or stop it), or choose another --out. (Lock file: {self.path}.)")
+
+    def fileno(self) -> int:
+        """The lock file's descriptor: a child process that inherits it holds the lock as long as it lives."""
+        if self._fd is None:
+            raise RuntimeError("the lock is not held")
+        return self._fd
 
     def release(self) -> None:
         if self._fd is None:

@@ -71,11 +71,16 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     Nothing is created: the caller makes the directory when it writes.
     """
     path = Path(path)
+    _check_name_lengths(path, option)  # first: a too long name makes even exists() raise
     if path.exists() and not path.is_dir():
         raise PathError(f"{option} {path} is a file, not a directory; choose a directory (it is created if "
                         "missing) or remove the file.")
     ancestor = path
     while not ancestor.exists():
+        if ancestor.is_symlink():  # exists() follows links: this one points nowhere, and mkdir would fail on it
+            raise PathError(f"{option} {path} cannot be created: {ancestor} is a symbolic link to "
+                            f"{os.readlink(ancestor)}, which does not exist; create its target or choose another "
+                            "path.")
         if ancestor.parent == ancestor:
             break
         ancestor = ancestor.parent
@@ -86,6 +91,18 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         raise PathError(f"{option} {path} cannot be written: no write permission in {ancestor}; choose another "
                         "path.")
     return path
+
+
+def _check_name_lengths(path: Path, option: str) -> None:
+    """Every name in ``path`` fits the file system's limit (usually 255 bytes)."""
+    try:
+        limit = os.pathconf(".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the file system does not say
+        limit = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise PathError(f"{option} {path}: the name {part[:20]}... is {len(os.fsencode(part))} bytes long, this "
+                            f"file system allows {limit}; choose a shorter name.")
 
 
 def output_file(path: str | os.PathLike, option: str = "--out") -> Path:

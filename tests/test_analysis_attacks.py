@@ -61,12 +61,14 @@ def test_accuracy_falls_monotonically_with_epsilon(snn, batch, attack):
                pgd(snn, x, y, e, steps=5, step_size=e / 4, random_start=False))
         assert float((adv - x).abs().max()) <= e + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         acc.append(accuracy(snn, adv, y))
-    assert acc[0] > 0.2  # a trained model, well above chance
-    # PGD: at most one image of noise. FGSM is one linearised step, not monotone in eps on a spiking net
-    # (a larger step can jump past the adversarial region): seen up to 3 images of 96 on a twin smoke model.
-    slack = 1 / N if attack == "pgd" else 0.05
+    # Bounds far from what smoke models do (issue 22: seeds 0 and 1 x 1 and 2 threads) and from what a
+    # broken attack does. Clean: 0.27-0.33 (chance 0.1). Neither attack is monotone in eps on a spiking net
+    # (a larger step can jump past the adversarial region): rises of up to 1 image (PGD) and 3 images (FGSM)
+    # of 96 seen. At 8/255, PGD keeps 3-38 % of the clean accuracy and FGSM 14-46 %; a broken attack ~100 %.
+    assert acc[0] > 0.15  # a trained model, above chance
+    slack = 3 / N if attack == "pgd" else 6 / N
     assert all(b <= a + slack + 1e-6 for a, b in zip(acc, acc[1:])), acc
-    assert acc[-1] <= 0.5 * acc[0], acc  # 8/255 at least halves a smoke model's accuracy
+    assert acc[-1] <= (0.6 if attack == "pgd" else 0.75) * acc[0], acc
 
 
 def test_ann_reaches_chance_at_large_epsilon(ann, batch):
@@ -103,12 +105,34 @@ def test_fgsm_and_pgd_agree_with_art(analysis_runs, batch, which):
         assert abs(accuracy(model, ours[name], y) - accuracy(model, ref, y)) <= 1 / N
 
 
-def test_transfer_attack_from_the_ann_twin_hurts_the_snn(snn, ann, batch):
-    x, y = batch
+def test_transfer_attack_is_crafted_on_the_ann_twin_and_evaluated_on_the_snn(snn, ann, cifar_dir):
+    """What the transfer attack guarantees, not how much a 5-step transfer hurts one pair of smoke models
+    (0.302 -> 0.292 on one machine of issue 22's kind: how well a perturbation transfers is a finding).
+
+    The perturbation is PGD's last iterate on the ANN twin with the sweep's seed, inside the ε-ball; it
+    raises the loss of the twin it was computed on; and the sweep scores exactly these images on the SNN.
+    """
+    from analysis.robustness import sweep
+    from analysis.settings import AttackSettings
+
+    split, _ = select_images(load_split("test", cifar_dir), N)
+    x, y = to_float(split.images), split.labels
     eps = 8 / 255
-    adv = pgd(ann, x, y, eps, steps=5, step_size=eps / 4, random_start=True, generator=torch.Generator().manual_seed(0))
-    assert float((adv - x).abs().max()) <= eps + 1e-6
-    assert accuracy(snn, adv, y) < accuracy(snn, x, y) - 0.05
+    settings = AttackSettings(attacks=("transfer",), n_images=N, batch_size=N, n_epsilons=2, pgd_max=eps,
+                              pgd_steps=5, seed=0)
+    correct, clean, _ = sweep(snn, split, settings, twin=ann)
+
+    keep = torch.from_numpy(np.flatnonzero(clean))
+    adv = pgd_iterates(gradient_model(ann)[0], x[keep], y[keep], eps, steps=5, step_size=eps / 4,
+                       random_start=True, generator=torch.Generator().manual_seed(0)).last
+    assert float((adv - x[keep]).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert float((adv - x[keep]).abs().max()) > eps / 2  # a perturbation, not the identity
+    with torch.no_grad():  # it climbs its source's loss (PGD's own contract, whatever the model's accuracy)
+        loss = [torch.nn.functional.cross_entropy(ann(z), y[keep]).item() for z in (x[keep], adv)]
+        assert loss[1] > loss[0], loss
+        on_snn = (snn(adv).argmax(1) == y[keep]).numpy()
+    assert clean.sum() > 0 and np.array_equal(correct[0, 1, clean], on_snn)  # the SNN is scored on them
+    assert correct[0, 0, clean].all()  # ε = 0: every clean-correct image stays correct
 
 
 class NoBackward(torch.autograd.Function):
@@ -193,8 +217,9 @@ def test_apgd_stays_in_the_ball_and_beats_last_iterate_pgd(snn, batch, loss):
     assert float((adv - x).abs().max()) <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     last = pgd(snn, x, y, eps, steps=10, step_size=eps / 4, random_start=True,
                generator=torch.Generator().manual_seed(0))
-    assert accuracy(snn, adv, y) <= accuracy(snn, last, y) + 1 / N
-    assert accuracy(snn, adv, y) < accuracy(snn, x, y) - 0.1
+    assert accuracy(snn, adv, y) <= accuracy(snn, last, y) + 1 / N  # ours 3-10 images stronger (issue 22)
+    # it attacks: 2/255 keeps 14-54 % of a smoke model's clean accuracy (seeds 0, 1 x 1, 2 threads)
+    assert accuracy(snn, adv, y) <= 0.75 * accuracy(snn, x, y)
 
 
 @pytest.mark.parametrize("which", ["vgg-ann", "vgg-stbp"])

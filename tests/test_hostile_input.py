@@ -153,6 +153,7 @@ def test_temp_file_of_an_interrupted_write_is_removed_on_the_next_start(tiny, tm
     ("train.epochs=1e30", "train.epochs=1e+30 must be an integer"),
     ("train.epochs=99999999999999999999", "is out of range"),
     ("model.width=1e6", "model.width=1000000.0 must be > 0 and <= 64"),
+    ("model.width=1e-9", "and >= 0.0625 so that the first layers keep >= 4 of their 64 channels"),
     ("model.time_steps=100000000", "model.time_steps=100000000 must be >= 1 and <= 1000"),
     ("model.num_classes=5", "model.num_classes=5 is smaller than CIFAR-10's 10 classes"),
 ])
@@ -424,3 +425,213 @@ def test_continue_resumes_an_unfinished_run_and_restarts_a_changed_one(tiny, tmp
     assert rc == 0 and "training afresh (its config differs)" in out.out
     assert (target / "checkpoint.previous.pt").read_bytes() == before
     assert torch.load(target / "checkpoint.pt", weights_only=False)["config"]["train"]["lr"] == 0.05
+
+
+# --- issue 22: `train --continue` checks everything before it moves a file -----------------------------------
+
+def test_continue_with_a_second_writer_moves_nothing(tiny, tmp_path, capsys):
+    data, run = tiny
+    target = _copy_run(run, tmp_path)
+    before = (target / "checkpoint.pt").read_bytes()
+    with RunLock(target, "the live run"):
+        rc, out = _run(capsys, "train", *TINY, "--set", "train.lr=0.05", "--out", target, "--data-dir", data,
+                       "--continue")
+    assert rc == 2 and "training afresh" not in out.out
+    _one_line_error(out, "the live run")
+    assert (target / "checkpoint.pt").read_bytes() == before and not (target / "checkpoint.previous.pt").exists()
+
+
+def test_continue_never_replaces_a_good_backup_with_a_corrupt_checkpoint(tiny, tmp_path, capsys):
+    data, run = tiny
+    target = _copy_run(run, tmp_path)
+    good = (target / "checkpoint.pt").read_bytes()
+    (target / "checkpoint.previous.pt").write_bytes(good)
+    (target / "checkpoint.pt").write_bytes(good[:100])  # truncated
+    # the data is missing: refused before any file is moved
+    rc, out = _run(capsys, "train", *TINY, "--out", target, "--data-dir", tmp_path / "no-data", "--continue")
+    assert rc == 2 and "training afresh" not in out.out
+    assert (target / "checkpoint.pt").read_bytes() == good[:100]
+    assert (target / "checkpoint.previous.pt").read_bytes() == good
+    # with the data: trained afresh; the unreadable file is kept apart, the good backup untouched
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cifar.urllib.request, "urlopen", _no_network)
+        rc, out = _run(capsys, "train", *TINY, "--out", target, "--data-dir", data, "--continue")
+    assert rc == 0 and "training afresh (it cannot be read)" in out.out and "checkpoint.unreadable.pt" in out.out
+    assert (target / "checkpoint.previous.pt").read_bytes() == good
+    assert (target / "checkpoint.unreadable.pt").read_bytes() == good[:100]
+    assert (target / "checkpoint.pt").stat().st_size > 1000
+
+
+def _no_network(*args, **kwargs):
+    raise cifar.urllib.error.URLError("no network in this test")
+
+
+def test_init_from_a_missing_run_fails_before_any_work(tmp_path, capsys):
+    out_dir = tmp_path / "r"
+    rc, out = _run(capsys, "train", *TINY, "--out", out_dir, "--init-from", tmp_path / "nope",
+                   "--data-dir", tmp_path / "no-data")  # the data would fail later: the init-from is checked first
+    assert rc == 2 and not out_dir.exists()
+    _one_line_error(out, "train.init_from=", "does not exist")
+
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_advise_resume(tmp_path, capsys, monkeypatch):
+    from training import trainer
+
+    def interrupted(cfg, run_dir, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_run", interrupted)
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / "r", "--data-dir", tmp_path)
+    assert rc == 130 and "--resume" not in out.err and "no checkpoint to resume" in out.err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"x")
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / "r", "--data-dir", tmp_path)
+    assert rc == 130 and "--resume" in out.err
+
+
+# --- issue 22: the data directory -----------------------------------------------------------------------------
+
+def test_an_empty_data_variable_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIOFLEXNET_DATA_DIR", "")
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / "r")
+    assert rc == 2 and not (tmp_path / "r").exists()
+    _one_line_error(out, "BIOFLEXNET_DATA_DIR is empty")
+
+
+def test_a_failed_download_leaves_no_data_folder(tiny, tmp_path, capsys, monkeypatch):
+    _, run = tiny
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BIOFLEXNET_DATA_DIR", raising=False)
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", _no_network)
+    rc, out = _run(capsys, "evaluate", run)
+    assert rc == 2 and not (tmp_path / "data").exists()
+    _one_line_error(out, "download failed")
+
+
+def test_reproduce_passes_the_data_dir_to_every_job_as_an_absolute_path(cifar_dir, tmp_path, capsys, monkeypatch):
+    from bioflexnet import reproduce as rep
+
+    seen = {}
+
+    def fake_snakemake(cmd, env, pass_fds=()):
+        seen.update(env=env, cmd=cmd)
+        return 0
+
+    monkeypatch.setattr(rep, "run_interruptible", fake_snakemake)
+    (tmp_path / "data").symlink_to(Path(cifar_dir).resolve())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BIOFLEXNET_DATA_DIR", "data")  # relative: the jobs run inside ROOT, elsewhere
+    rc, _ = _run(capsys, "reproduce", "--profile", "smoke", "--out", "root", "--device", "cpu")
+    assert rc == 0 and seen["env"]["BIOFLEXNET_DATA_DIR"] == str(tmp_path / "data")
+
+
+
+# --- issue 22: more careless input, each refused in one line before any work ----------------------------------
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["attack", "--seed", "99999999999999999999999"], "--seed: 99999999999999999999999 is out of range"),
+    (["attack", "--pgd-max", "-1/255"], "pgd_max=-0.00392156862745098 is a perturbation bound in [0, 1]"),
+    (["attack", "--fgsm-max", "nan"], "fgsm_max=nan is a perturbation bound in [0, 1]"),
+    (["landscape", "--span", "inf"], "--span: 'inf' is not a finite number"),
+    (["landscape", "--grid", "1"], "grid=1 must be >= 2"),
+    (["sparsity", "--n-images", "0"], "--n-images: 0 is out of range"),
+])
+def test_analysis_options_are_checked_where_they_enter(argv, fragment, tiny, tmp_path, capsys):
+    _, run = tiny
+    out_file = tmp_path / "r.nc"
+    try:
+        rc = main([argv[0], str(run), *argv[1:], "--out", str(out_file)])
+    except SystemExit as exc:  # argparse's usage error: one line, exit code 2, like every user error
+        rc = exc.code
+    assert rc == 2 and not out_file.exists()
+    _one_line_error(capsys.readouterr(), fragment)
+
+
+def test_repeated_seeds_add_up(tmp_path, capsys, monkeypatch):
+    from bioflexnet import reproduce as rep
+
+    monkeypatch.setattr(rep, "run_interruptible", lambda cmd, env, pass_fds=(): 0)
+    rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--seeds", "0", "--seeds", "1", "--dry-run",
+                   "--out", tmp_path / "r")
+    assert rc == 0 and "seeds [0, 1]" in out.out
+
+
+def test_figures_for_a_named_notebook_without_its_inputs_fail(tmp_path, capsys):
+    rc, out = _run(capsys, "figures", tmp_path, "--only", "fig4_robustness")
+    assert rc == 2 and not list(tmp_path.rglob("*.ipynb"))
+    _one_line_error(out, "notebook fig4_robustness needs robustness.nc")
+
+
+def test_out_through_a_dangling_symlink_fails_before_any_work(tiny, tmp_path, capsys):
+    _, run = tiny
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    rc, out = _run(capsys, "train", *TINY, "--out", link, "--data-dir", tmp_path / "no-data")
+    assert rc == 2
+    _one_line_error(out, f"{link} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist")
+    rc, out = _run(capsys, "attack", run, "--out", link / "x.nc", "--data-dir", tmp_path / "no-data")
+    assert rc == 2  # before the attack runs, not after
+    _one_line_error(out, "is a symbolic link", "which does not exist")
+
+
+def test_a_name_too_long_for_the_file_system_fails_before_any_work(tmp_path, capsys):
+    name = "a" * 300
+    rc, out = _run(capsys, "train", *TINY, "--out", tmp_path / name, "--data-dir", tmp_path / "no-data")
+    assert rc == 2
+    _one_line_error(out, "is 300 bytes long, this file system allows")
+
+
+def test_a_full_disk_is_named_as_such(tiny, tmp_path, capsys, monkeypatch):
+    """/dev/full fails every write with ENOSPC; torch.save reports it only as 'file write failed', so a
+    failure with (all but) no space left on the file system is called a full disk too."""
+    import torch
+
+    from core import results
+    from core.results import DiskFull, atomic_path
+
+    with pytest.raises(DiskFull, match=r"no space left on device while writing .*x\.bin"):
+        with atomic_path(tmp_path / "x.bin"):
+            with open("/dev/full", "wb") as f:
+                f.write(b"0" * 65536)
+    assert not list(tmp_path.iterdir())  # no temp file left
+    data, run = tiny
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, **kw: real_save(obj, "/dev/full", **kw))
+    monkeypatch.setattr(results.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    target = tmp_path / "r"
+    rc, out = _run(capsys, "train", *TINY, "--out", target, "--data-dir", data)
+    assert rc == 2 and not (target / "checkpoint.pt").exists()
+    _one_line_error(out, "no space left on device while writing", str(target / "checkpoint.pt"))
+
+
+def test_a_deeply_nested_export_header_is_refused_in_one_line(tmp_path, capsys):
+    from core.export_format import ExportError, read_export
+
+    path = tmp_path / "run" / "export.npz"
+    random_export(path, n_images=1)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files if k != "header"}
+    with open(path, "wb") as f:
+        np.savez_compressed(f, header=np.array("[" * 100_000 + "]" * 100_000), **arrays)
+    with pytest.raises(ExportError, match="nests too deeply"):
+        read_export(path)
+    rc, out = _run(capsys, "sim", path.parent, "--images", "1")
+    assert rc == 2
+    _one_line_error(out, "nests too deeply")
+
+
+def test_reproduce_on_a_full_disk_says_so(cifar_dir, tmp_path, capsys, monkeypatch):
+    """Snakemake itself failing for space (its bookkeeping under ROOT/.snakemake) is named, not blamed on a job."""
+    from bioflexnet import reproduce as rep
+    from core import results
+
+    def full(cmd, env, pass_fds=()):
+        monkeypatch.setattr(results.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+        return 1
+
+    monkeypatch.setattr(rep, "run_interruptible", full)
+    root = tmp_path / "root"
+    rc, out = _run(capsys, "reproduce", "--profile", "smoke", "--out", root, "--data-dir", cifar_dir,
+                   "--device", "cpu")
+    assert rc == 2 and "job's log" not in out.err
+    _one_line_error(out, f"no space left on device under {root}")

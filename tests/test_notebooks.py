@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from analysis.figures import collect_runs
-from analysis.notebooks import NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
+from analysis.notebooks import NOTEBOOK_DIR, NOTEBOOKS, NotebookError, run_notebooks
 from core.config import make_config
 from core.results import write_dataset
 from core.variants import Variant
@@ -52,6 +52,8 @@ def test_fig3_notebook_writes_its_figure(tmp_path):
     assert not list((tmp_path / "figures").glob(".*tmp*"))
 
 
-def test_missing_inputs_skip_the_notebook(tmp_path, capsys):
-    assert run_notebooks(tmp_path, only=["fig3_training"]) == []
+def test_missing_inputs_skip_the_notebook_unless_it_is_named(tmp_path, capsys):
+    assert run_notebooks(tmp_path) == []  # all of them: each without inputs is skipped, saying so
     assert "skipping fig3_training" in capsys.readouterr().out
+    with pytest.raises(NotebookError, match="notebook fig4_robustness needs robustness.nc"):
+        run_notebooks(tmp_path, only=["fig4_robustness"])  # asked for by name (issue 22: exit 0, no figure)

@@ -76,14 +76,26 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """``data_dir``, else ``$BIOFLEXNET_DATA_DIR``, else ``./data``; refused if it exists and is not a directory."""
     source = "--data-dir" if data_dir is not None else \
         "BIOFLEXNET_DATA_DIR" if "BIOFLEXNET_DATA_DIR" in os.environ else "the default data directory"
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if str(root) == "":
+    raw = str(data_dir) if data_dir is not None else os.environ.get("BIOFLEXNET_DATA_DIR", "data")
+    root = Path(raw)
+    if raw.strip() == "":  # Path("") would silently be the current folder
         raise DataError(f"{source} is empty; point it at the directory that holds (or will hold) {FOLDER}/.")
     if root.exists() and not root.is_dir():
         raise DataError(f"{source}={root} is a file, not a directory; point it at the directory that holds "
                         f"{FOLDER}/ (or will: `bioflexnet data --data-dir DIR` fills it).")
     if (root / FOLDER).exists() and not (root / FOLDER).is_dir():
         raise DataError(f"{root / FOLDER} is a file, not a directory; remove it and run `bioflexnet data`.")
+    return root
+
+
+def require_data(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory, once every CIFAR-10 file is there (downloaded if absent); raises DataError otherwise.
+
+    For commands that must know the data is there before they touch any file of their own.
+    """
+    root = resolve_data_dir(data_dir)
+    if not all((root / FOLDER / n).is_file() for n in (*TRAIN_FILES, *TEST_FILES)):
+        _download(root)
     return root
 
 
@@ -147,7 +159,17 @@ def _missing_message(root: Path) -> str:
 
 
 def _download(root: Path) -> None:
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(root)
+    except BaseException:
+        if created:  # a failed download leaves no empty data folder behind
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _fetch(root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         archive = Path(tmp) / "cifar-10-python.tar.gz"
         try:

@@ -88,6 +88,24 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     return model.to(device).eval(), cfg
 
 
+def init_state(source: str | os.PathLike, model_cfg, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint of ``source`` for ``train.init_from``, checked to fit a model of ``model_cfg``."""
+    source = Path(source)
+    try:
+        state = load_checkpoint(source, map_location=map_location)
+    except RunDirError as exc:
+        raise RunDirError(f"train.init_from={source}: {exc}") from None
+    saved = run_config(state).model
+    same = {"ticks", "plasticity_rate", "refractory"}  # what a fine-tune may change, the weights keeping their meaning
+    diff = {k: (getattr(saved, k), getattr(model_cfg, k)) for k in saved.__dataclass_fields__
+            if k not in same and getattr(saved, k) != getattr(model_cfg, k)}
+    if diff:
+        raise RunDirError(f"train.init_from={source}: that run's model differs from this one in "
+                          + ", ".join(f"model.{k} ({a!r} there, {b!r} here)" for k, (a, b) in diff.items())
+                          + "; fine-tune with the same architecture and neuron model.")
+    return state
+
+
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     write_json(cfg.to_dict(), Path(run_dir) / CONFIG)
 

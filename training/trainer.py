@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -33,8 +33,8 @@ from core.runlock import RunLock, describe_takeover, remove_stale_temps
 from training import data as cifar
 from training import distributed
 from training.models import ModelOutput, SpikingVGG, build_model, parameter_count
-from training.runs import (CHECKPOINT, CONFIG, METRICS, PROVENANCE, RunDirError, load_checkpoint, run_config,
-                           save_checkpoint, write_config)
+from training.runs import (CHECKPOINT, CONFIG, METRICS, PROVENANCE, RunDirError, init_state, load_checkpoint,
+                           run_config, save_checkpoint, write_config)
 
 
 PROGRESS_LINE_S = 30.0  # without a progress bar, a line at most this often (seconds)
@@ -246,15 +246,7 @@ class Trainer:
 
     def _init_from(self, model: SpikingVGG, source: Path) -> None:
         """Start from another run's trained weights (fine-tuning, e.g. at another ``model.ticks``)."""
-        state = load_checkpoint(source, map_location=self.device)
-        saved = run_config(state).model
-        same = {"ticks", "plasticity_rate", "refractory"}  # what a fine-tune may change, the weights keeping their meaning
-        diff = {k: (getattr(saved, k), getattr(self.cfg.model, k)) for k in saved.__dataclass_fields__
-                if k not in same and getattr(saved, k) != getattr(self.cfg.model, k)}
-        if diff:
-            raise RunDirError(f"train.init_from={source}: that run's model differs from this one in "
-                              + ", ".join(f"model.{k} ({a!r} there, {b!r} here)" for k, (a, b) in diff.items())
-                              + "; fine-tune with the same architecture and neuron model.")
+        state = init_state(source, self.cfg.model, map_location=self.device)
         model.load_state_dict(state["model"])
         print(f"{self.cfg.variant}: starting from the weights of {source} (epoch {state['epoch']})", flush=True)
 
@@ -411,11 +403,14 @@ def metrics_dataset(history: list[dict[str, Any]], layers: list[str], cfg: RunCo
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "cpu",
-              resume: bool = False, progress: bool | None = None) -> xr.Dataset:
+              resume: bool = False, progress: bool | None = None,
+              decide: Callable[[], bool] | None = None) -> xr.Dataset:
     """Train (or resume) one run; returns the per-epoch metrics.
 
     The run directory is locked for the whole call (:class:`core.runlock.RunLock`: a second writer gets
     an error naming this process), and temporary files of writes interrupted earlier are removed first.
+    ``decide``, if given, runs once the lock is held and before anything is written, and returns whether
+    to resume (``train --continue``: it checks, then sets an old checkpoint aside).
     """
     run_dir = Path(run_dir)
     if cfg.model.num_classes < len(cifar.CLASSES):  # checked before any work: the labels would not fit the logits
@@ -429,4 +424,6 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, data_dir: str | Path | Non
                                                  "interrupted write" for p in remove_stale_temps(run_dir)]:
             if line:
                 print(line, flush=True)
+        if decide is not None:
+            resume = decide()
         return trainer.run(resume=resume)
