@@ -108,3 +108,14 @@ def test_cli_help_exits_cleanly(capsys):
     with pytest.raises(SystemExit) as exc:
         fidelity.main(["--help"])
     assert exc.value.code == 0 and "LABEL=RUN_DIR" in capsys.readouterr().out
+
+
+def test_figure_draws_one_line_per_configuration(smoke_run, tmp_path):
+    from analysis.figures import plot_fidelity_levers
+
+    run, data = smoke_run
+    common = ["--images", "3", "--reference", "2", "--data-dir", str(data)]
+    fidelity.main([str(tmp_path / "f.nc"), f"a={run}", f"b={run}", *common])
+    fig = plot_fidelity_levers(read_dataset(tmp_path / "f.nc"))
+    labels = [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["a (T=2, K=1)", "b (T=2, K=1)"]
