@@ -369,3 +369,36 @@ def plot_convergence(conv: xr.Dataset) -> plt.Figure:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_fidelity_levers(levers: xr.Dataset) -> plt.Figure:
+    """Fidelity levers (``analysis.fidelity``): class agreement with the trained network and with the
+    ``S = 64`` reference vs ``dt = step / S``, one line per configuration; a ring marks the trained ``K``;
+    the dotted grey line is the 0.95 target of issue 19."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.2), sharey=True)
+    ss = np.asarray(levers.substeps.values)
+    for config in levers.config.values:
+        row = levers.sel(config=config)
+        trained = int(row.trained_ticks)
+        family = str(row.variant.values).split("-")[0] if "variant" in row.coords else ""
+        style = {"color": FAMILY_STYLE.get(family, {"color": None})["color"] if family else None, "marker": "o",
+                 "ls": "-" if int(row.time_steps) > 2 else "--"}
+        for ax, var in zip(axes, ("class_agreement", "reference_agreement")):
+            y = row[var].values
+            ok = np.isfinite(y)
+            line, = ax.plot(1.0 / ss[ok], y[ok], label=f"{config} (T={int(row.time_steps)}, K={trained})", **style)
+            if trained in ss:
+                ax.plot(1.0 / trained, y[list(ss).index(trained)], "o", ms=12, mfc="none", color=line.get_color())
+    for ax, name in zip(axes, ("class agreement with the trained network (S = K)",
+                               f"class agreement with S = {levers.attrs.get('reference_ticks', 64)}")):
+        ax.set_xscale("log", base=2)
+        ax.invert_xaxis()
+        ax.set_xlabel("dt / step = 1/S (finer to the right)")
+        ax.set_title(name, fontsize=9)
+        ax.axhline(0.95, color="grey", lw=0.6, ls=":")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"fraction of {levers.attrs.get('n_images', '?')} test images")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
