@@ -1,9 +1,9 @@
 """Fidelity levers (issue 19): how a trained network's decisions hold as the time step shrinks.
 
-For a trained run, the PyTorch tick model (:func:`training.ticks.run_ticks`) runs the first
+For a trained run, the PyTorch tick model (:func:`training.forward.run_network`) runs the first
 ``n_images`` CIFAR-10 test images at ``S`` ticks per step. At ``S = K``, the ticks the run was
 trained at, this *is* the trained network; at any ``S`` it is the dynamical system that
-``bioflexnet sim RUN --mode biophysical --substeps S`` (delta synapses) simulates in Brian2, tick
+``bioflexnet sim RUN --mode biophysical --ticks S`` (delta synapses) simulates in Brian2, tick
 for tick (``tests/test_ticks.py``), so it measures Brian2's convergence in ``dt = step / S``
 without Brian2's cost. Per configuration and ``S`` (by default ``K, 2K, 4K, 16`` and the reference
 ``64``):
@@ -225,8 +225,8 @@ def combine(parts: Sequence[xr.Dataset]) -> xr.Dataset:
     ds = xr.concat(list(parts), dim="config", join="outer", coords="minimal", combine_attrs="override")
     ds.attrs = {**provenance(), "n_images": n.pop(), "reference_ticks": int(parts[0].attrs["reference_ticks"]),
                 "images": "the first n_images CIFAR-10 test images",
-                "model": "PyTorch tick model (training.ticks), the dynamics of bioflexnet sim --mode biophysical "
-                         "--substeps S with delta synapses"}
+                "model": "PyTorch tick model (training.forward), the dynamics of bioflexnet sim --mode biophysical "
+                         "--ticks S with delta synapses"}
     return ds
 
 
