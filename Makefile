@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q "torch>=2.2"
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps $(NIR_PEERS) || echo "NIR peers could not be installed; their round-trip tests fail or skip"
+	for peer in $(NIR_PEERS); do $(PY) -m pip install -q --no-deps $$peer || echo "$$peer could not be installed; its NIR round-trip test skips"; done
 	touch $(STAMP)
 
 install: $(STAMP)
